@@ -1,0 +1,169 @@
+/*
+ * log_format.h - the layout of understudy's shared-memory log.
+ *
+ * This header is the only contract between the shim (libunderstudy.so, inside
+ * every replica) and the supervisor. The log is one memfd mapped by all of
+ * them:
+ *
+ *   [struct us_log_header]  control: replicas, per-thread ring positions
+ *   [ring 0][ring 1]...     one byte ring per logical thread, ring_size each
+ *
+ * Each ring has one producer (the primary's thread with that logical id) and
+ * one consumer per backup (the twin thread of each backup). Records are
+ * struct us_event followed by their payload, 8-byte aligned, never straddling
+ * the end of the ring (a US_EV_PAD record fills the tail instead).
+ *
+ * Rule for changing anything here: bump US_LOG_VERSION. A replica checks the
+ * magic and version when it attaches and refuses a log it does not know.
+ */
+#ifndef UNDERSTUDY_LOG_FORMAT_H
+#define UNDERSTUDY_LOG_FORMAT_H
+
+#include <stdint.h>
+
+#define US_LOG_MAGIC 0x474f4c5955445355ull /* "USDYLOG" little-endian-ish */
+#define US_LOG_VERSION 1u
+
+#define US_MAX_THREADS 64  /* logical threads per replicated program */
+#define US_MAX_REPLICAS 8  /* primary + backups */
+#define US_CACHELINE 64
+
+/* Replica roles and states, in struct us_replica.role / .state. */
+enum us_role { US_ROLE_NONE = 0, US_ROLE_PRIMARY = 1, US_ROLE_BACKUP = 2 };
+enum us_replica_state {
+    US_REPLICA_UNUSED = 0,
+    US_REPLICA_STARTING = 1, /* spawned, shim not attached yet */
+    US_REPLICA_RUNNING = 2,  /* attached: recording or replaying */
+    US_REPLICA_PROMOTING = 3,/* draining the log before going live */
+    US_REPLICA_LIVE = 4,     /* promoted: now the primary */
+    US_REPLICA_DEAD = 5,
+    US_REPLICA_RETIRED = 6,  /* diverged or failed: never promoted */
+};
+
+/* Event types (struct us_event.type). */
+enum us_event_type {
+    US_EV_PAD = 0,      /* filler up to the end of the ring: skip */
+    US_EV_SYSCALL = 1,  /* nr = syscall number, ret = its result */
+    US_EV_SIGNAL = 2,   /* fd = signal number, delivered at this point */
+    US_EV_THREAD = 3,   /* a thread was created: fd = its logical id */
+    US_EV_INFLIGHT = 4, /* appended by the supervisor: the dead primary was
+                           inside call nr on fd when it died, result unknown */
+    US_EV_CRASH = 5,    /* primary took a synchronous fault (fd = signal) */
+};
+
+/* Event flags. */
+#define US_EVF_PENDING 0x1u /* reserved, not yet published (never seen by consumers) */
+#define US_EVF_RECV_SLOT 0x2u /* payload starts with struct us_recv_slot */
+#define US_EVF_SIGNALS_NEXT 0x4u /* US_EV_SIGNAL events follow: the program's
+                                  handlers ran as this call returned */
+#define US_EVF_SENT_BASE 0x100u /* aux is the socket's sent count before the
+                                  program's first output on it */
+
+/*
+ * One record. The payload that follows is a sequence of blobs, each a
+ * uint32_t length, uint32_t reserved, then the bytes, padded to 8: the
+ * out-buffers the call filled, in the order the syscall table gives.
+ */
+struct us_event {
+    uint32_t size;      /* whole record: header + payload, multiple of 8 */
+    uint16_t type;      /* enum us_event_type */
+    uint16_t flags;     /* US_EVF_* */
+    uint32_t nr;        /* syscall number (US_EV_SYSCALL, US_EV_INFLIGHT) */
+    int32_t fd;         /* first argument, checked on replay */
+    uint64_t check;     /* a size argument, checked on replay */
+    int64_t ret;        /* the result the program saw (-errno on failure) */
+    uint64_t aux;       /* per-call extra: file offset after a file op */
+    uint64_t seq;       /* event number in this ring, from 1 */
+};
+_Static_assert(sizeof(struct us_event) == 48, "us_event layout");
+
+struct us_blob {
+    uint32_t len;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct us_blob) == 8, "us_blob layout");
+
+/*
+ * A socket read is done by recvmmsg() straight into the ring, so that the
+ * kernel itself writes the data and its length into shared memory: if the
+ * primary dies right after the call, the supervisor finds msg_len set and
+ * publishes the record, and the input is not lost. msg_len starts as
+ * US_RECV_UNSET. Layout matches struct mmsghdr + one struct iovec.
+ */
+#define US_RECV_UNSET 0xffffffffu
+struct us_recv_slot {
+    uint64_t msg_name;       /* struct mmsghdr, as the kernel reads it */
+    uint32_t msg_namelen;
+    uint32_t pad0;
+    uint64_t msg_iov;
+    uint64_t msg_iovlen;
+    uint64_t msg_control;
+    uint64_t msg_controllen;
+    int32_t msg_flags;
+    uint32_t pad1;
+    uint32_t msg_len;        /* written by the kernel: bytes received */
+    uint32_t pad2;
+    uint64_t iov_base;       /* the one iovec */
+    uint64_t iov_len;
+    uint8_t name[128];       /* peer address for recvfrom */
+};
+_Static_assert(sizeof(struct us_recv_slot) == 208, "us_recv_slot layout");
+
+/* Per-consumer position in one ring (one per backup replica slot). */
+struct us_ring_consumer {
+    _Alignas(US_CACHELINE) uint64_t tail; /* bytes consumed */
+    uint64_t seq;                         /* events consumed */
+    uint32_t waiting;                     /* consumer sleeps on head_futex */
+    uint32_t pad;
+};
+
+/* Control block of one ring. */
+struct us_ring_ctl {
+    _Alignas(US_CACHELINE) uint64_t head; /* bytes published (store-release) */
+    uint64_t head_seq;                    /* events published */
+    uint32_t head_futex;                  /* bumped on publish when someone waits */
+    uint32_t producer_waiting;            /* producer sleeps on tail_futex */
+    uint32_t tail_futex;                  /* bumped by consumers when producer waits */
+    uint32_t in_use;                      /* logical thread exists */
+    _Alignas(US_CACHELINE) uint64_t pending; /* offset (in bytes, like head) of
+                                                a reserved record, or US_NO_PENDING */
+    struct us_ring_consumer consumer[US_MAX_REPLICAS];
+};
+#define US_NO_PENDING UINT64_MAX
+
+struct us_replica {
+    _Alignas(US_CACHELINE) int32_t pid;
+    uint32_t role;        /* enum us_role */
+    uint32_t state;       /* enum us_replica_state */
+    uint32_t promote;     /* futex word: set by the supervisor to promote */
+    int32_t keeper_pid;   /* primary only: process sharing its fd table */
+    uint32_t attached;    /* shim constructor ran */
+    uint64_t divergences;
+};
+
+struct us_log_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;   /* offset of ring 0 */
+    uint64_t total_size;
+    uint64_t ring_size;     /* bytes per ring, power of two */
+    uint64_t max_lag_events;/* back-pressure bound per ring */
+    uint32_t nreplicas;
+    uint32_t primary_slot;  /* replica slot that currently records */
+    uint32_t epoch;         /* bumped at every promotion */
+    uint32_t nthreads;      /* logical threads created so far */
+    uint32_t failovers;
+    uint32_t shutdown;      /* supervisor asked the program to stop */
+    struct us_replica replica[US_MAX_REPLICAS];
+    struct us_ring_ctl ring[US_MAX_THREADS];
+};
+
+#define US_LOG_HEADER_SIZE 65536u
+_Static_assert(sizeof(struct us_log_header) <= US_LOG_HEADER_SIZE, "header fits");
+
+/* Environment passed from the supervisor to the shim. */
+#define US_ENV_LOG_FD "UNDERSTUDY_LOG_FD"   /* memfd of the log */
+#define US_ENV_CTL_FD "UNDERSTUDY_CTL_FD"   /* socketpair end to the supervisor */
+#define US_ENV_SLOT "UNDERSTUDY_SLOT"       /* replica slot number */
+
+#endif

@@ -1,0 +1,207 @@
+/*
+ * ring.c - producer and consumer sides of the log's per-thread rings.
+ *
+ * Shared by the shim (inside replicas: raw syscalls only, no libc state) and
+ * the supervisor. Ordering: a record's bytes are written before the head
+ * moves past it (store-release); a consumer reads the head with
+ * load-acquire before reading the record.
+ */
+#include "ring.h"
+
+#include <linux/futex.h>
+#include <string.h>
+#include <time.h>
+
+#include "sys.h"
+
+#define SPIN_ROUNDS 20000u /* ~10-50 us: far below a cross-core futex wake-up */
+
+static inline void cpu_relax(void) { __builtin_ia32_pause(); }
+
+static void futex_wait(uint32_t *word, uint32_t val, long timeout_ns)
+{
+    struct timespec ts = {0, timeout_ns};
+    US_SYSCALL4(SYS_futex, word, FUTEX_WAIT, val, timeout_ns ? &ts : NULL);
+}
+
+static void futex_wake(uint32_t *word)
+{
+    US_SYSCALL3(SYS_futex, word, FUTEX_WAKE, 0x7fffffff);
+}
+
+uint64_t us_log_total_size(uint64_t ring_size)
+{
+    return US_LOG_HEADER_SIZE + ring_size * US_MAX_THREADS;
+}
+
+void us_log_format(struct us_log *log, uint64_t ring_size, uint32_t nreplicas,
+                   uint64_t max_lag_events)
+{
+    struct us_log_header *h = log->hdr;
+    memset(h, 0, sizeof(*h));
+    h->magic = US_LOG_MAGIC;
+    h->version = US_LOG_VERSION;
+    h->header_size = US_LOG_HEADER_SIZE;
+    h->total_size = us_log_total_size(ring_size);
+    h->ring_size = ring_size;
+    h->max_lag_events = max_lag_events;
+    h->nreplicas = nreplicas;
+    for (unsigned i = 0; i < US_MAX_THREADS; i++)
+        h->ring[i].pending = US_NO_PENDING;
+}
+
+int us_log_check(const struct us_log *log)
+{
+    const struct us_log_header *h = log->hdr;
+    if (log->size < US_LOG_HEADER_SIZE || h->magic != US_LOG_MAGIC ||
+        h->version != US_LOG_VERSION || h->header_size != US_LOG_HEADER_SIZE ||
+        h->ring_size < 65536 || (h->ring_size & (h->ring_size - 1)) ||
+        h->total_size != us_log_total_size(h->ring_size) || h->total_size > log->size ||
+        h->nreplicas == 0 || h->nreplicas > US_MAX_REPLICAS)
+        return -71; /* -EPROTO */
+    return 0;
+}
+
+/* A backup replica whose position the producer must respect. */
+static int consumer_live(const struct us_log_header *h, unsigned s)
+{
+    uint32_t role = __atomic_load_n(&h->replica[s].role, __ATOMIC_ACQUIRE);
+    uint32_t state = __atomic_load_n(&h->replica[s].state, __ATOMIC_ACQUIRE);
+    return role == US_ROLE_BACKUP &&
+           (state == US_REPLICA_STARTING || state == US_REPLICA_RUNNING ||
+            state == US_REPLICA_PROMOTING);
+}
+
+/* Waits until `need` bytes fit at the head and no live consumer lags too far. */
+static void wait_for_room(struct us_log *log, unsigned ring, unsigned self, uint64_t need)
+{
+    struct us_log_header *h = log->hdr;
+    struct us_ring_ctl *c = &h->ring[ring];
+    uint64_t head = c->head, seq = c->head_seq;
+    for (unsigned spins = 0;; spins++) {
+        int ok = 1;
+        for (unsigned s = 0; s < h->nreplicas && ok; s++) {
+            if (s == self || !consumer_live(h, s))
+                continue;
+            uint64_t tail = __atomic_load_n(&c->consumer[s].tail, __ATOMIC_ACQUIRE);
+            uint64_t cseq = __atomic_load_n(&c->consumer[s].seq, __ATOMIC_ACQUIRE);
+            if (head + need - tail > h->ring_size || seq - cseq >= h->max_lag_events)
+                ok = 0;
+        }
+        if (ok)
+            return;
+        if (spins < SPIN_ROUNDS) {
+            cpu_relax();
+            continue;
+        }
+        uint32_t v = __atomic_load_n(&c->tail_futex, __ATOMIC_ACQUIRE);
+        __atomic_store_n(&c->producer_waiting, 1, __ATOMIC_SEQ_CST);
+        futex_wait(&c->tail_futex, v, 1000000); /* re-check replica states every ms */
+        __atomic_store_n(&c->producer_waiting, 0, __ATOMIC_RELAXED);
+    }
+}
+
+static void wake_consumers(struct us_log_header *h, struct us_ring_ctl *c)
+{
+    for (unsigned s = 0; s < h->nreplicas; s++) {
+        if (__atomic_load_n(&c->consumer[s].waiting, __ATOMIC_SEQ_CST)) {
+            __atomic_fetch_add(&c->head_futex, 1, __ATOMIC_SEQ_CST);
+            futex_wake(&c->head_futex);
+            return;
+        }
+    }
+}
+
+struct us_event *us_ring_reserve(struct us_log *log, unsigned ring, unsigned self,
+                                 uint32_t payload_max)
+{
+    struct us_log_header *h = log->hdr;
+    struct us_ring_ctl *c = &h->ring[ring];
+    uint64_t need = sizeof(struct us_event) + us_align8(payload_max);
+    uint64_t room_to_end = h->ring_size - (c->head & (h->ring_size - 1));
+    if (room_to_end < need) {
+        /* The record may not straddle the end: pad the tail, start over at 0. */
+        wait_for_room(log, ring, self, room_to_end + need);
+        struct us_event *pad = us_ring_at(log, ring, c->head);
+        pad->size = (uint32_t)room_to_end;
+        pad->type = US_EV_PAD;
+        __atomic_store_n(&c->head, c->head + room_to_end, __ATOMIC_RELEASE);
+    } else {
+        wait_for_room(log, ring, self, need);
+    }
+    struct us_event *ev = us_ring_at(log, ring, c->head);
+    memset(ev, 0, sizeof(*ev));
+    return ev;
+}
+
+void us_ring_publish(struct us_log *log, unsigned ring, struct us_event *ev, uint32_t payload_len)
+{
+    struct us_log_header *h = log->hdr;
+    struct us_ring_ctl *c = &h->ring[ring];
+    ev->size = (uint32_t)sizeof(struct us_event) + us_align8(payload_len);
+    ev->seq = c->head_seq + 1;
+    ev->flags &= (uint16_t)~US_EVF_PENDING;
+    __atomic_store_n(&c->head_seq, c->head_seq + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->head, c->head + ev->size, __ATOMIC_RELEASE);
+    wake_consumers(h, c);
+}
+
+struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot)
+{
+    struct us_ring_ctl *c = &log->hdr->ring[ring];
+    struct us_ring_consumer *me = &c->consumer[slot];
+    for (;;) {
+        uint64_t head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
+        if (me->tail == head)
+            return NULL;
+        struct us_event *ev = us_ring_at(log, ring, me->tail);
+        if (ev->type != US_EV_PAD)
+            return ev;
+        __atomic_store_n(&me->tail, me->tail + ev->size, __ATOMIC_RELEASE);
+    }
+}
+
+struct us_event *us_ring_next(struct us_log *log, unsigned ring, unsigned slot)
+{
+    struct us_log_header *h = log->hdr;
+    struct us_ring_ctl *c = &h->ring[ring];
+    struct us_ring_consumer *me = &c->consumer[slot];
+    for (unsigned spins = 0;; spins++) {
+        struct us_event *ev = us_ring_peek(log, ring, slot);
+        if (ev)
+            return ev;
+        if (__atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE))
+            return NULL;
+        if (spins < SPIN_ROUNDS) {
+            cpu_relax();
+            continue;
+        }
+        uint32_t v = __atomic_load_n(&c->head_futex, __ATOMIC_ACQUIRE);
+        __atomic_store_n(&me->waiting, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&c->head, __ATOMIC_SEQ_CST) == me->tail &&
+            !__atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE))
+            futex_wait(&c->head_futex, v, 100000000);
+        __atomic_store_n(&me->waiting, 0, __ATOMIC_RELAXED);
+        spins = SPIN_ROUNDS / 2; /* after a sleep, spin less before the next */
+    }
+}
+
+void us_ring_consume(struct us_log *log, unsigned ring, unsigned slot, const struct us_event *ev)
+{
+    struct us_ring_ctl *c = &log->hdr->ring[ring];
+    struct us_ring_consumer *me = &c->consumer[slot];
+    __atomic_store_n(&me->seq, me->seq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&me->tail, me->tail + ev->size, __ATOMIC_RELEASE);
+    if (__atomic_load_n(&c->producer_waiting, __ATOMIC_SEQ_CST)) {
+        __atomic_fetch_add(&c->tail_futex, 1, __ATOMIC_SEQ_CST);
+        futex_wake(&c->tail_futex);
+    }
+}
+
+void us_log_wake_all(struct us_log *log)
+{
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        __atomic_fetch_add(&log->hdr->ring[r].head_futex, 1, __ATOMIC_SEQ_CST);
+        futex_wake(&log->hdr->ring[r].head_futex);
+    }
+}

@@ -1,0 +1,475 @@
+/*
+ * engine.c - record (primary) and replay (backups) of system calls.
+ *
+ * us_syscall is the single entry point: the exported libc wrappers
+ * (wrappers.c) and the Syscall User Dispatch handler (sud.c) both call it.
+ * The primary executes the call, then logs its result and the buffers it
+ * filled before the program sees them; a backup takes the next event of its
+ * twin thread, checks it is the same call, and hands back the logged result.
+ */
+#include "engine.h"
+
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "syscall_names.h"
+
+const char *us_sysname(long nr)
+{
+    if (nr >= 0 && nr < (long)(sizeof(us_syscall_names) / sizeof(us_syscall_names[0])) &&
+        us_syscall_names[nr])
+        return us_syscall_names[nr];
+    return "unknown";
+}
+
+/* Bytes this TCP socket's kernel has taken from the program so far:
+ * acknowledged by the peer plus still queued. -1 if not a TCP socket. */
+int64_t us_tcp_sent_total(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    int outq = 0;
+    if (US_SYSCALL5(SYS_getsockopt, fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked))
+        return -1;
+    if (US_SYSCALL3(SYS_ioctl, fd, SIOCOUTQ, &outq) < 0)
+        return -1;
+    return (int64_t)ti.tcpi_bytes_acked + outq;
+}
+
+void us_fd_created(long fd, int kind)
+{
+    struct us_fd *f = us_fd_get(fd);
+    if (!f)
+        us_fatal("fd %ld is beyond the %d fds understudy tracks", fd, US_MAX_FDS);
+    memset(f, 0, sizeof(*f));
+    f->kind = (uint8_t)kind;
+    f->fpos = -1;
+}
+
+/* The fds a FDNEW call created (most return it; pipe2/socketpair fill an array). */
+static int new_fds(long nr, const long *a, long ret, int out[2])
+{
+    if (ret < 0)
+        return 0;
+    if (nr == SYS_pipe || nr == SYS_pipe2) {
+        memcpy(out, (void *)a[0], 2 * sizeof(int));
+        return 2;
+    }
+    if (nr == SYS_socketpair) {
+        memcpy(out, (void *)a[3], 2 * sizeof(int));
+        return 2;
+    }
+    out[0] = (int)ret;
+    return 1;
+}
+
+/* Primary: what kind of fd a FDNEW call made. */
+static int classify_new_fd(long nr, const long *a, int fd)
+{
+    switch (nr) {
+    case SYS_accept:
+    case SYS_accept4:
+        return US_FD_SOCKET;
+    case SYS_socket:
+    case SYS_socketpair:
+        return ((a[1] & 0xf) == SOCK_STREAM) ? US_FD_SOCKET : US_FD_DGRAM;
+    case SYS_open:
+    case SYS_openat:
+    case SYS_creat: {
+        struct stat st;
+        if (US_SYSCALL2(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode))
+            return US_FD_FILE;
+        return US_FD_OTHER;
+    }
+    default:
+        return US_FD_OTHER;
+    }
+}
+
+static int new_fd_cloexec(long nr, const long *a)
+{
+    switch (nr) {
+    case SYS_socket:
+        return (a[1] & SOCK_CLOEXEC) != 0;
+    case SYS_accept4:
+        return (a[3] & SOCK_CLOEXEC) != 0;
+    case SYS_open:
+        return (a[1] & O_CLOEXEC) != 0;
+    case SYS_openat:
+        return (a[2] & O_CLOEXEC) != 0;
+    case SYS_pipe2:
+    case SYS_epoll_create1:
+        return (a[1] & O_CLOEXEC) != 0 || (nr == SYS_epoll_create1 && (a[0] & O_CLOEXEC));
+    default:
+        return 0;
+    }
+}
+
+static int is_file_op(long nr)
+{
+    switch (nr) {
+    case SYS_read: case SYS_readv: case SYS_write: case SYS_writev:
+    case SYS_lseek: case SYS_ftruncate:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * Output after a promotion: the first f->skip bytes were already taken by
+ * the kernel from the dead primary, so they are reported as written without
+ * being sent again. Handles write/send/sendto (a buffer) and writev (iovec).
+ */
+static long output_with_skip(long nr, long *a, struct us_fd *f)
+{
+    if (nr == SYS_write || nr == SYS_sendto || nr == SYS_pwrite64) {
+        size_t n = (size_t)a[2];
+        if ((uint64_t)f->skip >= n) {
+            f->skip -= (int64_t)n;
+            return (long)n;
+        }
+        long b[6] = {a[0], a[1] + f->skip, a[2] - f->skip, a[3], a[4], a[5]};
+        long r = us_raw(nr, b);
+        if (r >= 0) {
+            r += f->skip;
+            f->skip = 0;
+        }
+        return r;
+    }
+    if (nr == SYS_writev) {
+        const struct iovec *iov = (const struct iovec *)a[1];
+        int cnt = (int)a[2];
+        struct iovec rest[64];
+        size_t total = 0, skip = (size_t)f->skip;
+        int k = 0;
+        if (cnt > 64)
+            us_fatal("writev with %d buffers right after a failover is not supported", cnt);
+        for (int i = 0; i < cnt; i++) {
+            total += iov[i].iov_len;
+            if (skip >= iov[i].iov_len) {
+                skip -= iov[i].iov_len;
+                continue;
+            }
+            rest[k].iov_base = (char *)iov[i].iov_base + skip;
+            rest[k].iov_len = iov[i].iov_len - skip;
+            skip = 0;
+            k++;
+        }
+        if (k == 0) {
+            f->skip -= (int64_t)total;
+            return (long)total;
+        }
+        long r = US_SYSCALL3(SYS_writev, a[0], rest, k);
+        if (r >= 0) {
+            r += f->skip;
+            f->skip = 0;
+        }
+        return r;
+    }
+    us_fatal("%s right after a failover with %ld bytes already sent is not supported",
+             us_sysname(nr), (long)f->skip);
+}
+
+/* Payload size of the blobs for these spans. */
+static uint32_t blobs_size(const struct us_span *sp, int n)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += sizeof(struct us_blob) + us_align8((uint32_t)sp[i].len);
+    if (total > us_ring_max_payload(&us_log_))
+        us_fatal("a call returned %lu bytes of results, more than one log record holds",
+                 (unsigned long)total);
+    return (uint32_t)total;
+}
+
+static void blobs_write(uint8_t *p, const struct us_span *sp, int n)
+{
+    for (int i = 0; i < n; i++) {
+        struct us_blob *b = (struct us_blob *)p;
+        b->len = (uint32_t)sp[i].len;
+        b->reserved = 0;
+        memcpy(b + 1, sp[i].p, sp[i].len);
+        p += sizeof(*b) + us_align8(b->len);
+    }
+}
+
+/* Copies the logged blobs into the backup's buffers; -1 if they do not match. */
+static int blobs_read(const struct us_event *ev, const struct us_span *sp, int n)
+{
+    const uint8_t *p = (const uint8_t *)(ev + 1), *end = (const uint8_t *)ev + ev->size;
+    for (int i = 0; i < n; i++) {
+        if (p + sizeof(struct us_blob) > end)
+            return -1;
+        const struct us_blob *b = (const struct us_blob *)p;
+        size_t len = b->len < sp[i].len ? b->len : sp[i].len;
+        memcpy(sp[i].p, b + 1, len);
+        p += sizeof(*b) + us_align8(b->len);
+    }
+    return p == end ? 0 : -1;
+}
+
+/* Bookkeeping shared by record and replay, once the result is known. */
+static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc *d,
+                      const struct us_event *ev)
+{
+    struct us_fd *f = d->fd_arg >= 0 ? us_fd_get(a[d->fd_arg]) : NULL;
+    switch (d->kind) {
+    case K_OUTPUT:
+        if (f && ret > 0 && nr != SYS_setsockopt && nr != SYS_epoll_ctl)
+            f->written += ret;
+        break;
+    case K_CLOSE:
+        if (f && ret == 0)
+            memset(f, 0, sizeof(*f));
+        break;
+    case K_DUP:
+        if (ret >= 0 && f)
+            us_fd_created(ret, f->kind);
+        break;
+    default:
+        break;
+    }
+    if (f && f->kind == US_FD_FILE && is_file_op(nr) && ev)
+        f->fpos = (int64_t)ev->aux;
+    (void)ev;
+}
+
+long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d)
+{
+    struct us_fd *f = d->fd_arg >= 0 ? us_fd_get(a[d->fd_arg]) : NULL;
+    uint64_t aux = 0;
+    uint16_t flags = 0;
+
+    if (f && f->kind == US_FD_SHIM)
+        us_fatal("the program used fd %ld, reserved by understudy, in %s", a[d->fd_arg],
+                 us_sysname(nr));
+    /* Before the first output on a TCP socket, note what its kernel had
+     * already sent, so failover can tell how much of our output got out. */
+    if (d->kind == K_OUTPUT && f && f->kind == US_FD_SOCKET && !f->base_known &&
+        nr != SYS_setsockopt && nr != SYS_bind && nr != SYS_listen && nr != SYS_connect &&
+        nr != SYS_epoll_ctl) {
+        f->sent_base = us_tcp_sent_total((int)a[d->fd_arg]);
+        f->base_known = 1;
+        aux = (uint64_t)f->sent_base;
+        flags |= US_EVF_SENT_BASE;
+    }
+
+    long r;
+    if (d->kind == K_OUTPUT && f && f->skip > 0)
+        r = output_with_skip(nr, a, f);
+    else
+        r = us_raw(nr, a);
+
+    int newfd[2] = {-1, -1}, nnew = 0;
+    if (d->kind == K_FDNEW) {
+        nnew = new_fds(nr, a, r, newfd);
+        if (nnew) {
+            int kind = classify_new_fd(nr, a, newfd[0]);
+            for (int i = 0; i < nnew; i++)
+                us_fd_created(newfd[i], kind);
+            aux = (uint64_t)kind;
+        }
+    }
+    if (f && f->kind == US_FD_FILE && is_file_op(nr))
+        aux = (uint64_t)US_SYSCALL3(SYS_lseek, a[d->fd_arg], 0, SEEK_CUR);
+
+    struct us_span sp[US_MAX_SPANS];
+    int n = d->out ? d->out(a, r, sp) : 0;
+    uint32_t payload = blobs_size(sp, n);
+    struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, payload);
+    ev->type = US_EV_SYSCALL;
+    ev->flags = flags;
+    ev->nr = (uint32_t)nr;
+    ev->fd = d->fd_arg >= 0 ? (int32_t)a[d->fd_arg] : -1;
+    ev->check = d->size_arg >= 0 ? (uint64_t)a[d->size_arg] : 0;
+    ev->ret = r;
+    ev->aux = aux;
+    blobs_write((uint8_t *)(ev + 1), sp, n);
+    track_fds(nr, a, r, d, ev);
+    us_publish_call(t, ev, payload);
+    return r;
+}
+
+US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
+                             const long *a, const char *why)
+{
+    if (ev && ev->type == US_EV_SYSCALL)
+        us_fatal("divergence on thread %u at event %lu: the program called %s(%ld, ..., %ld) "
+                 "but the primary's log has %s(%d, ..., %lu) (%s)",
+                 t->ring, (unsigned long)ev->seq, us_sysname(nr), a[0], a[2],
+                 us_sysname(ev->nr), ev->fd, (unsigned long)ev->check, why);
+    us_fatal("divergence on thread %u at event %lu: the program called %s but the log has an "
+             "event of type %u (%s)",
+             t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), ev ? ev->type : 0u, why);
+}
+
+struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const struct us_sysdesc *d)
+{
+    struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
+    if (!ev)
+        return NULL;
+    if (ev->type == US_EV_CRASH) {
+        /* The primary faulted here and we did not: not the program's own
+         * bug. What it logged after the fault (its crash handler) is
+         * dropped, and this replica takes over when the supervisor says so. */
+        struct us_ring_ctl *c = &us_log_.hdr->ring[t->ring];
+        while (!__atomic_load_n(&us_log_.hdr->replica[us_slot].promote, __ATOMIC_ACQUIRE)) {
+            struct timespec ts = {0, 1000000};
+            US_SYSCALL2(SYS_nanosleep, &ts, 0);
+        }
+        __atomic_store_n(&c->consumer[us_slot].tail, c->head, __ATOMIC_RELEASE);
+        return NULL;
+    }
+    if (ev->type != US_EV_SYSCALL || ev->nr != (uint32_t)nr)
+        us_diverged(t, ev, nr, a, "different call");
+    if (d->fd_arg >= 0 && ev->fd != (int32_t)a[d->fd_arg])
+        us_diverged(t, ev, nr, a, "different fd");
+    if (d->size_arg >= 0 && ev->check != (uint64_t)a[d->size_arg])
+        us_diverged(t, ev, nr, a, "different size");
+    return ev;
+}
+
+void us_consume(struct us_thread *t, struct us_event *ev)
+{
+    t->sigs_after = ev->flags & US_EVF_SIGNALS_NEXT;
+    us_ring_consume(&us_log_, t->ring, us_slot, ev);
+}
+
+void us_publish_call(struct us_thread *t, struct us_event *ev, uint32_t payload)
+{
+    t->sigs_after = us_signals_take_pending();
+    if (t->sigs_after)
+        ev->flags |= US_EVF_SIGNALS_NEXT;
+    us_ring_publish(&us_log_, t->ring, ev, payload);
+}
+
+/* Backup: make fd `fd` exist, as a placeholder, so numbering stays identical. */
+static void placeholder(int fd, int cloexec)
+{
+    long r = US_SYSCALL3(SYS_dup3, us_null_fd, fd, cloexec ? O_CLOEXEC : 0);
+    if (r != fd)
+        us_fatal("cannot hold fd %d for the program (dup3: %ld)", fd, r);
+}
+
+/*
+ * Backup: a regular file the primary opened read-only is opened here too (no
+ * side effect), so that a private read-only mmap of it works in every
+ * replica. Its reads still come from the log.
+ */
+static int open_readonly_twin(long nr, const long *a, int fd, int kind)
+{
+    long path, flags;
+    if (kind != US_FD_FILE)
+        return 0;
+    if (nr == SYS_openat) {
+        path = a[1];
+        flags = a[2];
+    } else if (nr == SYS_open) {
+        path = a[0];
+        flags = a[1];
+    } else {
+        return 0;
+    }
+    if ((flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC)))
+        return 0;
+    long mine = US_SYSCALL4(SYS_openat, nr == SYS_openat ? a[0] : AT_FDCWD, path,
+                            O_RDONLY | O_CLOEXEC | O_NOCTTY, 0);
+    if (mine < 0)
+        return 0;
+    long r = US_SYSCALL3(SYS_dup3, mine, fd, (flags & O_CLOEXEC) ? O_CLOEXEC : 0);
+    US_SYSCALL1(SYS_close, mine);
+    return r == fd;
+}
+
+long us_replay(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d)
+{
+    struct us_event *ev = us_expect(t, nr, a, d);
+    if (!ev) {
+        us_promote(t);
+        return us_record(t, nr, a, d);
+    }
+    long r = ev->ret;
+    struct us_span sp[US_MAX_SPANS];
+    int n = d->out ? d->out(a, r, sp) : 0;
+    if (blobs_read(ev, sp, n) < 0)
+        us_diverged(t, ev, nr, a, "different result buffers");
+
+    struct us_fd *f = d->fd_arg >= 0 ? us_fd_get(a[d->fd_arg]) : NULL;
+    if (f && (ev->flags & US_EVF_SENT_BASE)) {
+        f->sent_base = (int64_t)ev->aux;
+        f->base_known = 1;
+    }
+    switch (d->kind) {
+    case K_FDNEW: {
+        int newfd[2];
+        int nnew = new_fds(nr, a, r, newfd);
+        for (int i = 0; i < nnew; i++) {
+            if (!open_readonly_twin(nr, a, newfd[0], (int)ev->aux))
+                placeholder(newfd[i], new_fd_cloexec(nr, a));
+            us_fd_created(newfd[i], (int)ev->aux);
+        }
+        break;
+    }
+    case K_CLOSE:
+        if (r == 0)
+            US_SYSCALL1(SYS_close, a[0]);
+        break;
+    case K_DUP: {
+        long mine = us_raw(nr, a);
+        if (mine != r)
+            us_diverged(t, ev, nr, a, "dup gave another fd");
+        break;
+    }
+    default:
+        break;
+    }
+    track_fds(nr, a, r, d, ev);
+    us_consume(t, ev);
+    return r;
+}
+
+static __attribute__((noinline)) long unsupported(long nr)
+{
+    us_fatal("unsupported system call %s (%ld): understudy cannot replicate it faithfully",
+             us_sysname(nr), nr);
+}
+
+long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
+{
+    struct us_thread *t = us_self;
+    long a[6] = {a0, a1, a2, a3, a4, a5};
+    if (US_UNLIKELY(!t || t->mode == US_MODE_OFF || t->in_engine))
+        return us_raw(nr, a);
+    if (US_UNLIKELY(nr < 0 || nr >= US_NSYSCALLS))
+        unsupported(nr);
+    const struct us_sysdesc *d = &us_systab[nr];
+    if (d->kind == K_PASS)
+        return us_raw(nr, a);
+
+    t->in_engine = 1;
+    long r;
+    switch (d->kind) {
+    case K_SPECIAL:
+        r = d->special(t, nr, a);
+        break;
+    case K_UNSUPPORTED:
+        r = unsupported(nr);
+        break;
+    default:
+        r = t->mode == US_MODE_RECORD ? us_record(t, nr, a, d) : us_replay(t, nr, a, d);
+        break;
+    }
+    t->in_engine = 0;
+    if (t->sigs_after)
+        us_signals_after_call(t);
+    return r;
+}

@@ -1,0 +1,200 @@
+/*
+ * promote.c - a backup becomes the primary (docs/failover.md).
+ *
+ * Each thread of the promoted backup replays its ring to the end; the first
+ * to get there runs the process-wide step below while the others wait, and
+ * then every thread goes on recording, as a primary does:
+ *  1. ask the supervisor for the real fds at the numbers the program has
+ *     open (they are held by the dead primary's keeper) and put them in place
+ *     of the placeholders;
+ *  2. settle what the dead primary had in flight: output the kernel already
+ *     took is not sent again (per-fd skip), a file read is redone at the
+ *     logged offset, a connection it accepted but never logged is handed to
+ *     the next accept on its listening socket;
+ *  3. start our own keeper and tell the supervisor we are live.
+ */
+#include <fcntl.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "engine.h"
+#include "understudy/ctl_protocol.h"
+
+long us_spawn_keeper(void);
+
+static int promote_state; /* 0 not yet, 1 under way, 2 done */
+
+#define MAX_ORPHANS 256
+static int orphans[MAX_ORPHANS];
+static int norphans;
+
+static void ctl_send(const struct us_msg *m)
+{
+    size_t len = offsetof(struct us_msg, fd) + m->count * sizeof(int32_t);
+    if (US_SYSCALL4(SYS_sendto, us_ctl_fd, m, len, MSG_NOSIGNAL) < 0)
+        us_fatal("lost the supervisor during promotion");
+}
+
+/* Receives one message and the fds attached to it (into `fds`). */
+static int ctl_recv(struct us_msg *m, int *fds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * US_MSG_MAX_FDS)];
+        struct cmsghdr align;
+    } cbuf;
+    struct iovec iov = {m, sizeof(*m)};
+    struct msghdr mh = {0};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.buf;
+    mh.msg_controllen = sizeof(cbuf.buf);
+    long r = US_SYSCALL3(SYS_recvmsg, us_ctl_fd, &mh, MSG_CMSG_CLOEXEC);
+    if (r < (long)offsetof(struct us_msg, fd))
+        us_fatal("lost the supervisor during promotion (%ld)", r);
+    int n = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(fds, CMSG_DATA(c), (size_t)n * sizeof(int));
+        }
+    }
+    return n;
+}
+
+static void settle_fd(int fd, struct us_fd *f)
+{
+    if (f->kind == US_FD_SOCKET) {
+        int64_t total = us_tcp_sent_total(fd);
+        if (total < 0)
+            return; /* not TCP: nothing to measure */
+        int64_t base = f->base_known ? f->sent_base : 0;
+        int64_t skip = total - base - f->written;
+        if (skip > 0) {
+            f->skip = skip;
+            us_say("fd %d: %ld bytes of output were already sent by the old primary", fd,
+                   (long)skip);
+        }
+    } else if (f->kind == US_FD_FILE && f->fpos >= 0) {
+        long fl = US_SYSCALL2(SYS_fcntl, fd, F_GETFL);
+        if (fl >= 0 && (fl & O_APPEND)) {
+            struct stat st;
+            if (US_SYSCALL2(SYS_fstat, fd, &st) == 0 && st.st_size > f->fpos)
+                f->skip = st.st_size - f->fpos;
+        } else {
+            US_SYSCALL3(SYS_lseek, fd, f->fpos, SEEK_SET);
+        }
+    }
+}
+
+static void promote_process(void)
+{
+    struct us_replica *me = &us_log_.hdr->replica[us_slot];
+    __atomic_store_n(&me->state, US_REPLICA_PROMOTING, __ATOMIC_RELEASE);
+
+    /* 1. the fds the program has open, by number */
+    struct us_msg m;
+    m.type = US_MSG_FDS_WANTED;
+    m.count = 0;
+    for (int fd = 3; fd < US_MAX_FDS; fd++) {
+        uint8_t k = us_fds[fd].kind;
+        if (k == US_FD_NONE || k == US_FD_SHIM)
+            continue;
+        m.fd[m.count++] = fd;
+        if (m.count == US_MSG_MAX_FDS) {
+            ctl_send(&m);
+            m.count = 0;
+        }
+    }
+    if (m.count)
+        ctl_send(&m);
+    m.type = US_MSG_FDS_END;
+    m.count = 0;
+    ctl_send(&m);
+
+    int got[US_MSG_MAX_FDS];
+    for (;;) {
+        int n = ctl_recv(&m, got);
+        if (m.type == US_MSG_FDS_END)
+            break;
+        if (n != (int)m.count)
+            us_fatal("promotion: %u fds announced, %d received", m.count, n);
+        for (int i = 0; i < n; i++) {
+            if (m.type == US_MSG_FDS) {
+                long fl = US_SYSCALL2(SYS_fcntl, m.fd[i], F_GETFD);
+                if (US_SYSCALL3(SYS_dup3, got[i], m.fd[i], fl > 0 ? O_CLOEXEC : 0) != m.fd[i])
+                    us_fatal("promotion: cannot install fd %d", m.fd[i]);
+                US_SYSCALL1(SYS_close, got[i]);
+            } else if (m.type == US_MSG_ORPHANS && norphans < MAX_ORPHANS) {
+                /* keep it out of the program's way until an accept takes it */
+                long hi = US_SYSCALL3(SYS_fcntl, got[i], F_DUPFD_CLOEXEC, us_ctl_fd - 512);
+                US_SYSCALL1(SYS_close, got[i]);
+                if (hi >= 0) {
+                    us_fds[hi].kind = US_FD_SHIM;
+                    orphans[norphans++] = (int)hi;
+                }
+            }
+        }
+    }
+    US_SYSCALL1(SYS_close, us_null_fd);
+    us_fds[us_null_fd].kind = US_FD_NONE;
+
+    /* 2. what the dead primary had in flight */
+    for (int fd = 0; fd < US_MAX_FDS; fd++)
+        if (us_fds[fd].kind == US_FD_SOCKET || us_fds[fd].kind == US_FD_FILE)
+            settle_fd(fd, &us_fds[fd]);
+
+    /* 3. our own keeper, and live */
+    me->keeper_pid = (int32_t)us_spawn_keeper();
+    __atomic_store_n(&me->role, US_ROLE_PRIMARY, __ATOMIC_RELEASE);
+    __atomic_store_n(&me->state, US_REPLICA_LIVE, __ATOMIC_RELEASE);
+    m.type = US_MSG_LIVE;
+    m.count = 1;
+    m.fd[0] = me->keeper_pid;
+    ctl_send(&m);
+}
+
+void us_promote(struct us_thread *t)
+{
+    int expected = 0;
+    if (__atomic_compare_exchange_n(&promote_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        promote_process();
+        __atomic_store_n(&promote_state, 2, __ATOMIC_RELEASE);
+    } else {
+        while (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) != 2)
+            { struct timespec ts = {0, 100000}; US_SYSCALL2(SYS_nanosleep, &ts, 0); }
+    }
+    t->mode = US_MODE_RECORD;
+}
+
+/* A connection the dead primary accepted on `listen_fd` but never logged. */
+long us_orphan_accept(int listen_fd, int flags)
+{
+    if (!norphans)
+        return -1;
+    /* Same family and port: a listener bound to a wildcard address accepts
+     * connections whose local address is specific. */
+    struct sockaddr_in6 want, have; /* sin6_family/sin6_port overlay sockaddr_in */
+    socklen_t wl = sizeof(want), hl;
+    if (US_SYSCALL3(SYS_getsockname, listen_fd, &want, &wl) < 0)
+        return -1;
+    for (int i = 0; i < norphans; i++) {
+        hl = sizeof(have);
+        if (US_SYSCALL3(SYS_getsockname, orphans[i], &have, &hl) < 0 ||
+            have.sin6_family != want.sin6_family || have.sin6_port != want.sin6_port)
+            continue;
+        long fd = US_SYSCALL3(SYS_fcntl, orphans[i],
+                              (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
+        US_SYSCALL1(SYS_close, orphans[i]);
+        us_fds[orphans[i]].kind = US_FD_NONE;
+        orphans[i] = orphans[--norphans];
+        if (fd >= 0 && (flags & SOCK_NONBLOCK))
+            US_SYSCALL3(SYS_fcntl, fd, F_SETFL, O_NONBLOCK | O_RDWR);
+        us_say("handed over a connection accepted by the old primary as fd %ld", fd);
+        return fd;
+    }
+    return -1;
+}

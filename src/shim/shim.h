@@ -1,0 +1,122 @@
+/*
+ * shim.h - internals of libunderstudy.so, the library preloaded into every
+ * replica.
+ *
+ * Rules for all code in src/shim (it runs inside someone else's program):
+ *  - syscalls only through us_raw_syscall (US_SYSCALLn), never libc's;
+ *  - no malloc, no stdio, no locale: static memory and us_fmt only;
+ *  - the application's errno is touched only by the exported wrappers;
+ *  - everything is hidden except the libc names we interpose (version script).
+ */
+#ifndef US_SHIM_H
+#define US_SHIM_H
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ring.h"
+#include "sys.h"
+
+#define US_HIDDEN __attribute__((visibility("hidden")))
+#define US_NORETURN __attribute__((noreturn))
+#define US_LIKELY(x) __builtin_expect(!!(x), 1)
+#define US_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Syscall User Dispatch selector values. */
+#define US_SUD_ALLOW 0
+#define US_SUD_BLOCK 1
+
+enum us_mode { US_MODE_OFF = 0, US_MODE_RECORD = 1, US_MODE_REPLAY = 2 };
+
+/* One per logical thread; index = logical id = ring number. */
+struct us_thread {
+    unsigned ring;
+    uint8_t mode;          /* enum us_mode */
+    uint8_t in_engine;     /* inside us_syscall: signals are deferred */
+    volatile char selector;/* SUD selector of this thread */
+    int tid;               /* kernel tid in this replica */
+    long (*start_fn)(void *); /* glibc's thread start, from the trapped clone3 */
+    void *start_arg;
+    uint64_t sigs_after;   /* primary: signals to hand to the program as the
+                              current call returns; backup: nonzero if the
+                              replayed call had US_EVF_SIGNALS_NEXT */
+};
+
+/* What the shim knows of each fd of the program. */
+enum us_fd_kind {
+    US_FD_NONE = 0,
+    US_FD_SOCKET,   /* stream socket: reads go through recvmmsg into the log */
+    US_FD_DGRAM,    /* other sockets */
+    US_FD_FILE,     /* regular file: offsets tracked for failover */
+    US_FD_OTHER,    /* pipes, eventfd, epoll, devices... */
+    US_FD_SHIM,     /* the shim's own: the program may not touch it */
+};
+
+struct us_fd {
+    uint8_t kind;
+    uint8_t base_known;  /* sent_base measured */
+    int64_t written;     /* bytes the program wrote to it (successful outputs) */
+    int64_t sent_base;   /* TCP: kernel's sent count before the first write */
+    int64_t fpos;        /* file: offset after the last logged op, -1 unknown */
+    int64_t skip;        /* after promotion: output bytes already in the kernel */
+};
+
+#define US_MAX_FDS 65536
+
+/* Global state (shim.c). */
+extern struct us_log us_log_;
+extern unsigned us_slot;             /* this replica's slot */
+extern int us_ctl_fd;                /* socket to the supervisor */
+extern int us_null_fd;               /* backup: source of placeholder fds */
+extern int us_active;                /* attached to a log */
+extern struct us_thread us_threads[US_MAX_THREADS];
+extern struct us_fd us_fds[US_MAX_FDS];
+extern __thread struct us_thread *us_self __attribute__((tls_model("initial-exec")));
+extern char us_exempt_start[], us_exempt_end[];
+
+/* Raw helpers. */
+long us_raw_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
+void us_sigreturn(void);
+void us_clone_stub(void);
+void us_fork_stub(void);
+
+/* util.c: formatting without libc (supports %s %d %u %ld %lu %x %lx %p %%). */
+size_t us_fmt(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+size_t us_vfmt(char *buf, size_t cap, const char *fmt, va_list ap);
+void us_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+US_NORETURN void us_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* engine.c */
+long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
+void us_thread_attach(struct us_thread *t);
+const char *us_sysname(long nr);
+/* Called at a divergence: reports, retires this replica and exits. */
+US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
+                             const long *a, const char *why);
+
+/* sud.c */
+void us_sud_install(void);
+void us_sud_arm(struct us_thread *t);
+void us_sud_disarm(void);
+
+/* signals.c */
+long us_rt_sigaction(int sig, const void *act, void *oldact, size_t sigsetsize);
+void us_signals_after_call(struct us_thread *t);
+uint64_t us_signals_take_pending(void);
+void us_signals_crash(int sig);
+
+/* promote.c */
+void us_promote(struct us_thread *t);
+long us_orphan_accept(int listen_fd, int flags);
+
+/* fds */
+static inline struct us_fd *us_fd_get(long fd)
+{
+    return (fd >= 0 && fd < US_MAX_FDS) ? &us_fds[fd] : 0;
+}
+void us_fd_created(long fd, int kind);
+int64_t us_tcp_sent_total(int fd);
+
+#endif

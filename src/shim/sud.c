@@ -1,0 +1,202 @@
+/*
+ * sud.c - the safety net: Syscall User Dispatch.
+ *
+ * Every syscall instruction outside the shim's exempt range (raw_syscall.S)
+ * traps into on_sigsys while the thread's selector says BLOCK. That catches
+ * what the interposed libc symbols miss: libc's internal calls (stdio,
+ * getaddrinfo, thread creation), raw syscall(), code in other libraries.
+ * Each trapped call goes through the same engine as the fast path, at about
+ * 3 us apiece, so the hot calls have libc wrappers (wrappers.c).
+ *
+ * Thread and process creation need the interrupted context itself, so they
+ * are handled here: a new thread is given its logical id by its parent and
+ * starts in us_thread_entry (which arms the safety net for it) before glibc's
+ * own start routine; a fork's child leaves the log and runs natively.
+ */
+#include <linux/sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <ucontext.h>
+
+#include "engine.h"
+
+#ifndef PR_SET_SYSCALL_USER_DISPATCH
+#define PR_SET_SYSCALL_USER_DISPATCH 59
+#define PR_SYS_DISPATCH_OFF 0
+#define PR_SYS_DISPATCH_ON 1
+#endif
+
+static long thread_entry(void *p)
+{
+    struct us_thread *c = p;
+    us_self = c;
+    c->tid = (int)US_SYSCALL0(SYS_gettid);
+    us_sud_arm(c);
+    return c->start_fn(c->start_arg);
+}
+
+/* The logical id of a thread being created: the primary allocates and logs
+ * it in the parent's ring, a backup reads it from there. */
+static unsigned new_thread_id(struct us_thread *t)
+{
+    struct us_log_header *h = us_log_.hdr;
+    if (t->mode == US_MODE_RECORD) {
+        unsigned id = __atomic_add_fetch(&h->nthreads, 1, __ATOMIC_SEQ_CST);
+        if (id >= US_MAX_THREADS)
+            us_fatal("the program created more than %d threads", US_MAX_THREADS);
+        __atomic_store_n(&h->ring[id].in_use, 1, __ATOMIC_RELEASE);
+        struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
+        ev->type = US_EV_THREAD;
+        ev->fd = (int32_t)id;
+        us_ring_publish(&us_log_, t->ring, ev, 0);
+        return id;
+    }
+    struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
+    if (!ev) {
+        us_promote(t);
+        return new_thread_id(t);
+    }
+    if (ev->type != US_EV_THREAD || ev->fd <= 0 || ev->fd >= US_MAX_THREADS) {
+        long none[6] = {0};
+        us_diverged(t, ev, SYS_clone3, none, "the program created a thread here");
+    }
+    unsigned id = (unsigned)ev->fd;
+    us_ring_consume(&us_log_, t->ring, us_slot, ev);
+    return id;
+}
+
+static struct us_thread *prepare_thread(struct us_thread *t, long fn, long arg)
+{
+    unsigned id = new_thread_id(t);
+    struct us_thread *c = &us_threads[id];
+    c->ring = id;
+    c->mode = t->mode;
+    c->in_engine = 0;
+    c->start_fn = (long (*)(void *))fn;
+    c->start_arg = (void *)arg;
+    return c;
+}
+
+/* Called by us_fork_stub in both processes after a fork-like clone. */
+void us_fork_done(long r);
+void us_fork_done(long r)
+{
+    struct us_thread *t = us_self;
+    if (r == 0) {
+        /* The child is not replicated: it leaves the log and runs natively
+         * (e.g. Redis's BGSAVE child writing its snapshot). */
+        us_sud_disarm();
+        for (unsigned i = 0; i < US_MAX_THREADS; i++)
+            us_threads[i].mode = US_MODE_OFF;
+        us_active = 0;
+        US_SYSCALL2(SYS_munmap, us_log_.base, us_log_.size);
+        return;
+    }
+    struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
+    ev->type = US_EV_SYSCALL;
+    ev->nr = SYS_clone;
+    ev->fd = -1;
+    ev->ret = r;
+    us_ring_publish(&us_log_, t->ring, ev, 0);
+    t->in_engine = 0;
+}
+
+static const struct us_sysdesc d_fork = {K_INPUT, -1, -1, 0, 0};
+
+static void on_sigsys(int sig, siginfo_t *info, void *ucv)
+{
+    (void)sig;
+    ucontext_t *uc = ucv;
+    greg_t *g = uc->uc_mcontext.gregs;
+    long nr = info->si_syscall;
+    struct us_thread *t = us_self;
+
+    if (nr == SYS_rt_sigreturn) {
+        /* A frame set up by someone else's restorer: finish it from the exempt range. */
+        g[REG_RIP] = (greg_t)us_sigreturn;
+        return;
+    }
+    if (t && t->mode != US_MODE_OFF && !t->in_engine) {
+        if (nr == SYS_clone3) {
+            struct clone_args *ca = (struct clone_args *)g[REG_RDI];
+            if (!(ca->flags & CLONE_THREAD))
+                us_fatal("clone3 without CLONE_THREAD (flags 0x%lx) is not supported",
+                         (unsigned long)ca->flags);
+            /* glibc's clone3 wrapper: the child calls rdx(r8). */
+            struct us_thread *c = prepare_thread(t, g[REG_RDX], g[REG_R8]);
+            g[REG_RDX] = (greg_t)thread_entry;
+            g[REG_R8] = (greg_t)c;
+            g[REG_R9] = g[REG_RIP];
+            g[REG_RIP] = (greg_t)us_clone_stub;
+            g[REG_RAX] = SYS_clone3;
+            return;
+        }
+        if (nr == SYS_clone) {
+            unsigned long flags = (unsigned long)g[REG_RDI];
+            if (flags & CLONE_THREAD) {
+                /* glibc's clone wrapper: fn and arg are on the child's stack. */
+                long *stack = (long *)g[REG_RSI];
+                struct us_thread *c = prepare_thread(t, stack[0], stack[1]);
+                stack[0] = (long)thread_entry;
+                stack[1] = (long)c;
+                g[REG_R9] = g[REG_RIP];
+                g[REG_RIP] = (greg_t)us_clone_stub;
+                g[REG_RAX] = SYS_clone;
+                return;
+            }
+            if (flags & (CLONE_VM | CLONE_VFORK))
+                us_fatal("clone with CLONE_VM or CLONE_VFORK (vfork, posix_spawn, system) is "
+                         "not supported yet");
+            if (t->mode == US_MODE_RECORD) {
+                t->in_engine = 1; /* until us_fork_done */
+                g[REG_R9] = g[REG_RIP];
+                g[REG_RIP] = (greg_t)us_fork_stub;
+                g[REG_RAX] = SYS_clone;
+                return;
+            }
+            long none[6] = {0};
+            struct us_event *ev = us_expect(t, SYS_clone, none, &d_fork);
+            if (!ev)
+                us_fatal("failover while the program was forking is not supported");
+            g[REG_RAX] = ev->ret;
+            us_consume(t, ev);
+            return;
+        }
+        if (nr == SYS_fork || nr == SYS_vfork || nr == SYS_execve || nr == SYS_execveat)
+            us_fatal("unsupported system call %s: understudy does not replicate it yet",
+                     us_sysname(nr));
+    }
+    g[REG_RAX] = us_syscall(nr, g[REG_RDI], g[REG_RSI], g[REG_RDX], g[REG_R10], g[REG_R8],
+                            g[REG_R9]);
+}
+
+void us_sud_install(void)
+{
+    struct {
+        void *handler;
+        unsigned long flags;
+        void *restorer;
+        uint64_t mask;
+    } sa = {(void *)on_sigsys, SA_SIGINFO | 0x04000000ul /* SA_RESTORER */, (void *)us_sigreturn,
+            0};
+    if (US_SYSCALL4(SYS_rt_sigaction, SIGSYS, &sa, 0, 8) < 0)
+        us_fatal("cannot install the SIGSYS handler");
+}
+
+void us_sud_arm(struct us_thread *t)
+{
+    t->selector = US_SUD_BLOCK;
+    long r = US_SYSCALL5(SYS_prctl, PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON,
+                         (long)us_exempt_start, (long)(us_exempt_end - us_exempt_start),
+                         &t->selector);
+    if (r < 0)
+        us_fatal("Syscall User Dispatch is not available (prctl: %ld); understudy needs "
+                 "Linux 5.11 or later",
+                 r);
+}
+
+void us_sud_disarm(void)
+{
+    US_SYSCALL5(SYS_prctl, PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0);
+}

@@ -1,0 +1,582 @@
+/*
+ * supervisor.c - the life of a replicated program.
+ *
+ * The supervisor creates the log (a memfd), starts the primary and the
+ * backups with the shim preloaded, ASLR off and each on its own CPUs, and
+ * then watches: a replica's death wakes it through its pidfd, a stopped
+ * primary is noticed by polling its state. When the primary fails, the most
+ * advanced backup is promoted (docs/failover.md): the supervisor completes
+ * what the dead primary's log had in flight, tells the backup to take over,
+ * and hands it the real fds, which it takes from the dead primary's keeper.
+ */
+#include "supervisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "understudy/ctl_protocol.h"
+
+long us_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void us_say_sup(struct us_supervisor *s, const char *fmt, ...)
+{
+    if (s && s->opt.quiet)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("understudy: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static int fd_numbers(int *log_fd, int *ctl_fd)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < 64)
+        return -1;
+    *ctl_fd = (int)rl.rlim_cur - 1;
+    *log_fd = (int)rl.rlim_cur - 2;
+    return 0;
+}
+
+/* Where libunderstudy.so is: beside the understudy binary. */
+static int find_shim(char *buf, size_t cap)
+{
+    ssize_t n = readlink("/proc/self/exe", buf, cap - 32);
+    if (n < 0)
+        return -1;
+    buf[n] = '\0';
+    char *slash = strrchr(buf, '/');
+    strcpy(slash + 1, "libunderstudy.so");
+    return access(buf, R_OK);
+}
+
+static void spawn_replica(struct us_supervisor *s, int slot, int role)
+{
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
+        perror("understudy: socketpair");
+        exit(1);
+    }
+    struct us_replica *r = &s->log.hdr->replica[slot];
+    memset(r, 0, sizeof(*r));
+    r->role = (uint32_t)role;
+    r->state = US_REPLICA_STARTING;
+
+    int log_fd = 1021, ctl_fd = 1022;
+    fd_numbers(&log_fd, &ctl_fd);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("understudy: fork");
+        exit(1);
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        sched_setaffinity(0, sizeof(cpu_set_t), &s->opt.cpus[slot]);
+        personality(ADDR_NO_RANDOMIZE);
+        signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(s->memfd, log_fd) < 0 || dup2(sp[1], ctl_fd) < 0) {
+            perror("understudy: dup2");
+            _exit(127);
+        }
+        char num[16];
+        snprintf(num, sizeof(num), "%d", log_fd);
+        setenv(US_ENV_LOG_FD, num, 1);
+        snprintf(num, sizeof(num), "%d", ctl_fd);
+        setenv(US_ENV_CTL_FD, num, 1);
+        snprintf(num, sizeof(num), "%d", slot);
+        setenv(US_ENV_SLOT, num, 1);
+        setenv("LD_PRELOAD", s->shim_path, 1);
+        execvp(s->opt.argv[0], s->opt.argv);
+        fprintf(stderr, "understudy: cannot run %s: %s\n", s->opt.argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(sp[1]);
+    struct us_proc *p = &s->rep[slot];
+    memset(p, 0, sizeof(*p));
+    p->pid = pid;
+    p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    p->ctl = sp[0];
+    p->alive = 1;
+    p->keeper_pidfd = -1;
+}
+
+uint64_t us_backup_lag(struct us_supervisor *s, int slot)
+{
+    uint64_t lag = 0;
+    struct us_log_header *h = s->log.hdr;
+    for (unsigned i = 0; i < US_MAX_THREADS; i++) {
+        if (!h->ring[i].in_use)
+            continue;
+        uint64_t d = h->ring[i].head_seq - h->ring[i].consumer[slot].seq;
+        if (d > lag)
+            lag = d;
+    }
+    return lag;
+}
+
+/* Completes a socket read the dead primary had received into the log but
+ * not yet published (see struct us_recv_slot), so its input is not lost. */
+static void complete_pending(struct us_supervisor *s)
+{
+    struct us_log_header *h = s->log.hdr;
+    for (unsigned i = 0; i < US_MAX_THREADS; i++) {
+        struct us_ring_ctl *c = &h->ring[i];
+        if (!c->in_use || c->pending == US_NO_PENDING)
+            continue;
+        if (c->pending == c->head) {
+            struct us_event *ev = us_ring_at(&s->log, i, c->head);
+            struct us_recv_slot *slot = (struct us_recv_slot *)(ev + 1);
+            if ((ev->flags & US_EVF_RECV_SLOT) && slot->msg_len != US_RECV_UNSET) {
+                struct us_blob *b = (struct us_blob *)(slot + 1);
+                ev->ret = slot->msg_len;
+                b->len = slot->msg_len;
+                us_ring_publish(&s->log, i, ev, (uint32_t)(sizeof(*slot) + sizeof(*b) + slot->msg_len));
+                us_say_sup(s, "completed a read of %u bytes the old primary had in flight on fd %d",
+                           slot->msg_len, ev->fd);
+            }
+        }
+        c->pending = US_NO_PENDING;
+    }
+}
+
+static int send_msg(int sock, struct us_msg *m, const int *fds, int nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * US_MSG_MAX_FDS)];
+        struct cmsghdr align;
+    } cbuf;
+    struct iovec iov = {m, offsetof(struct us_msg, fd) + m->count * sizeof(int32_t)};
+    struct msghdr mh = {0};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    if (nfds) {
+        mh.msg_control = cbuf.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    return sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 ? -1 : 0;
+}
+
+static int recv_msg(int sock, struct us_msg *m, int timeout_ms)
+{
+    struct pollfd pfd = {sock, POLLIN, 0};
+    if (poll(&pfd, 1, timeout_ms) <= 0)
+        return -1;
+    ssize_t n = recv(sock, m, sizeof(*m), 0);
+    return n >= (ssize_t)offsetof(struct us_msg, fd) ? 0 : -1;
+}
+
+static int is_orphan_connection(int fd)
+{
+    int v = 0;
+    socklen_t len = sizeof(v);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0 || v != SOCK_STREAM)
+        return 0;
+    len = sizeof(v);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) < 0 || v)
+        return 0;
+    struct sockaddr_storage ss;
+    len = sizeof(ss);
+    return getpeername(fd, (struct sockaddr *)&ss, &len) == 0;
+}
+
+/* Hands backup `b` the real fds it asks for, from the old keeper. */
+static int transfer_fds(struct us_supervisor *s, int b, int keeper_pidfd, pid_t keeper)
+{
+    static uint8_t wanted[65536];
+    memset(wanted, 0, sizeof(wanted));
+    struct us_msg m;
+    for (;;) {
+        if (recv_msg(s->rep[b].ctl, &m, 10000) < 0)
+            return -1;
+        if (m.type == US_MSG_FDS_END)
+            break;
+        for (uint32_t i = 0; i < m.count && i < US_MSG_MAX_FDS; i++)
+            if (m.fd[i] >= 0 && m.fd[i] < 65536)
+                wanted[m.fd[i]] = 1;
+    }
+    int log_fd = 1021, ctl_fd = 1022;
+    fd_numbers(&log_fd, &ctl_fd);
+    int shim_low = ctl_fd - 1024; /* the shim's own fds live above this */
+
+    struct us_msg out = {.type = US_MSG_FDS};
+    int fds[US_MSG_MAX_FDS];
+    int nsent = 0;
+    for (int fd = 0; fd < 65536; fd++) {
+        if (!wanted[fd])
+            continue;
+        int got = keeper_pidfd >= 0 ? (int)syscall(SYS_pidfd_getfd, keeper_pidfd, fd, 0) : -1;
+        if (got < 0)
+            continue; /* closed by the old primary just before it died */
+        out.fd[out.count] = fd;
+        fds[out.count++] = got;
+        if (out.count == US_MSG_MAX_FDS) {
+            if (send_msg(s->rep[b].ctl, &out, fds, (int)out.count) < 0)
+                return -1;
+            for (uint32_t i = 0; i < out.count; i++)
+                close(fds[i]);
+            nsent += (int)out.count;
+            out.count = 0;
+        }
+    }
+    if (out.count) {
+        if (send_msg(s->rep[b].ctl, &out, fds, (int)out.count) < 0)
+            return -1;
+        for (uint32_t i = 0; i < out.count; i++)
+            close(fds[i]);
+        nsent += (int)out.count;
+    }
+
+    /* Connections the old primary accepted but never logged. */
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)keeper);
+    DIR *d = keeper_pidfd >= 0 ? opendir(dir) : NULL;
+    struct us_msg orph = {.type = US_MSG_ORPHANS};
+    int ofds[US_MSG_MAX_FDS];
+    for (struct dirent *e; d && (e = readdir(d));) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd < 3 || fd >= shim_low || fd >= 65536 || wanted[fd])
+            continue;
+        int got = (int)syscall(SYS_pidfd_getfd, keeper_pidfd, fd, 0);
+        if (got < 0)
+            continue;
+        if (!is_orphan_connection(got) || orph.count == US_MSG_MAX_FDS) {
+            close(got);
+            continue;
+        }
+        orph.fd[orph.count] = fd;
+        ofds[orph.count++] = got;
+    }
+    if (d)
+        closedir(d);
+    if (orph.count) {
+        us_say_sup(s, "handing %u connection(s) accepted but not logged to the new primary",
+                   orph.count);
+        if (send_msg(s->rep[b].ctl, &orph, ofds, (int)orph.count) < 0)
+            return -1;
+        for (uint32_t i = 0; i < orph.count; i++)
+            close(ofds[i]);
+    }
+    struct us_msg end = {.type = US_MSG_FDS_END};
+    if (send_msg(s->rep[b].ctl, &end, NULL, 0) < 0)
+        return -1;
+    if (recv_msg(s->rep[b].ctl, &m, 10000) < 0 || m.type != US_MSG_LIVE || m.count != 1)
+        return -1;
+    s->rep[b].keeper = m.fd[0];
+    s->rep[b].keeper_pidfd = (int)syscall(SYS_pidfd_open, m.fd[0], 0);
+    return nsent;
+}
+
+static void kill_keeper(struct us_proc *p)
+{
+    if (p->keeper > 0) {
+        kill(p->keeper, SIGKILL);
+        waitpid(p->keeper, NULL, __WALL);
+    }
+    if (p->keeper_pidfd >= 0)
+        close(p->keeper_pidfd);
+    p->keeper = 0;
+    p->keeper_pidfd = -1;
+}
+
+static int pick_backup(struct us_supervisor *s)
+{
+    int best = -1;
+    uint64_t best_lag = UINT64_MAX;
+    for (int i = 0; i < s->opt.replicas; i++) {
+        if (i == s->primary || !s->rep[i].alive)
+            continue;
+        uint32_t st = s->log.hdr->replica[i].state;
+        if (st != US_REPLICA_RUNNING && st != US_REPLICA_STARTING)
+            continue;
+        uint64_t lag = us_backup_lag(s, i);
+        if (lag < best_lag) {
+            best = i;
+            best_lag = lag;
+        }
+    }
+    return best;
+}
+
+/* The primary is dead (reaped). Promote a backup; -1 if none could take over. */
+int us_failover(struct us_supervisor *s, const char *why)
+{
+    long t0 = us_now_ms();
+    int old = s->primary;
+    struct us_proc *op = &s->rep[old];
+    __atomic_store_n(&s->log.hdr->replica[old].state, US_REPLICA_DEAD, __ATOMIC_RELEASE);
+    complete_pending(s);
+    for (;;) {
+        int b = pick_backup(s);
+        if (b < 0) {
+            us_say_sup(s, "the primary failed (%s) and no backup is left to take over", why);
+            return -1;
+        }
+        __atomic_store_n(&s->log.hdr->replica[b].promote, 1, __ATOMIC_RELEASE);
+        us_log_wake_all(&s->log);
+        int n = transfer_fds(s, b, op->keeper_pidfd, op->keeper);
+        if (n < 0) {
+            us_say_sup(s, "backup %d (pid %d) failed to take over; trying another", b,
+                       (int)s->rep[b].pid);
+            kill(s->rep[b].pid, SIGKILL);
+            __atomic_store_n(&s->log.hdr->replica[b].state, US_REPLICA_RETIRED, __ATOMIC_RELEASE);
+            continue;
+        }
+        kill_keeper(op);
+        s->primary = b;
+        s->log.hdr->primary_slot = (uint32_t)b;
+        s->log.hdr->failovers++;
+        s->log.hdr->epoch++;
+        s->last_failover_ms = us_now_ms() - t0;
+        us_say_sup(s, "primary (pid %d) %s; backup pid %d took over with %d fds in %ld ms",
+                   (int)op->pid, why, (int)s->rep[b].pid, n, s->last_failover_ms);
+        return 0;
+    }
+}
+
+static void stop_all(struct us_supervisor *s)
+{
+    for (int i = 0; i < s->opt.replicas; i++) {
+        if (s->rep[i].alive) {
+            kill(s->rep[i].pid, SIGKILL);
+            waitpid(s->rep[i].pid, NULL, 0);
+            s->rep[i].alive = 0;
+        }
+        kill_keeper(&s->rep[i]);
+    }
+}
+
+
+static int status_code(int st)
+{
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return 1;
+}
+
+static void on_exit_of(struct us_supervisor *s, int slot, int st)
+{
+    struct us_proc *p = &s->rep[slot];
+    p->alive = 0;
+    if (p->pidfd >= 0)
+        close(p->pidfd);
+    p->pidfd = -1;
+    uint32_t state = s->log.hdr->replica[slot].state;
+    if (slot != s->primary && s->done) {
+        if (status_code(st) != s->exit_status)
+            us_say_sup(s, "backup pid %d ended with status %d, the primary with %d: they diverged",
+                       (int)p->pid, status_code(st), s->exit_status);
+        return;
+    }
+    if (slot != s->primary) {
+        __atomic_store_n(&s->log.hdr->replica[slot].state, US_REPLICA_DEAD, __ATOMIC_RELEASE);
+        if (!s->shutting_down && state != US_REPLICA_RETIRED)
+            us_say_sup(s, "backup pid %d died (%s %d); running with fewer replicas",
+                       (int)p->pid, WIFSIGNALED(st) ? "signal" : "status",
+                       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        else if (state == US_REPLICA_RETIRED)
+            us_say_sup(s, "backup pid %d retired", (int)p->pid);
+        return;
+    }
+    if (state == US_REPLICA_RETIRED) {
+        us_say_sup(s, "the program stopped on a call understudy cannot replicate (see above)");
+        s->exit_status = 70;
+        s->done = 1;
+        return;
+    }
+    if (s->shutting_down || WIFEXITED(st)) {
+        s->exit_status = status_code(st);
+        s->done = 1;
+        return;
+    }
+    char why[64];
+    snprintf(why, sizeof(why), "was killed by signal %d", WTERMSIG(st));
+    if (us_failover(s, why) < 0) {
+        s->exit_status = status_code(st);
+        s->done = 1;
+    }
+}
+
+static void reap(struct us_supervisor *s)
+{
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG | __WALL)) > 0) {
+        for (int i = 0; i < s->opt.replicas; i++)
+            if (s->rep[i].alive && s->rep[i].pid == pid)
+                on_exit_of(s, i, st);
+    }
+}
+
+/* A primary that is stopped (SIGSTOP, a debugger) for too long is hung. */
+static void check_hang(struct us_supervisor *s)
+{
+    struct us_proc *p = &s->rep[s->primary];
+    if (!p->alive)
+        return;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    char *rp = strrchr(buf, ')');
+    char state = rp && rp[1] == ' ' ? rp[2] : '?';
+    if (state != 'T' && state != 't') {
+        s->stopped_since_ms = 0;
+        return;
+    }
+    long now = us_now_ms();
+    if (!s->stopped_since_ms)
+        s->stopped_since_ms = now;
+    else if (now - s->stopped_since_ms >= s->opt.hang_timeout_ms) {
+        us_say_sup(s, "primary pid %d has been stopped for %d ms: declaring it hung",
+                   (int)p->pid, s->opt.hang_timeout_ms);
+        s->stopped_since_ms = 0;
+        kill(p->pid, SIGKILL);
+    }
+}
+
+int us_run(struct us_run_options *opt)
+{
+    static struct us_supervisor sup;
+    struct us_supervisor *s = &sup;
+    s->opt = *opt;
+    s->listen_fd = -1;
+    if (find_shim(s->shim_path, sizeof(s->shim_path)) < 0) {
+        fprintf(stderr, "understudy: cannot find libunderstudy.so beside the understudy binary\n");
+        return 1;
+    }
+    if (us_control_listen(s) < 0)
+        return 1;
+
+    uint64_t total = us_log_total_size(opt->ring_size);
+    s->memfd = memfd_create("understudy-log", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (s->memfd < 0 || ftruncate(s->memfd, (off_t)total) < 0) {
+        fprintf(stderr, "understudy: cannot create the log (%lu bytes): %s\n",
+                (unsigned long)total, strerror(errno));
+        us_control_close(s);
+        return 1;
+    }
+    fcntl(s->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+    void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+    if (p == MAP_FAILED) {
+        perror("understudy: mmap");
+        us_control_close(s);
+        return 1;
+    }
+    s->log.base = p;
+    s->log.hdr = p;
+    s->log.size = total;
+    us_log_format(&s->log, opt->ring_size, (uint32_t)opt->replicas, opt->max_lag_events);
+
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    s->sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    signal(SIGPIPE, SIG_IGN);
+
+    s->primary = 0;
+    for (int i = 0; i < opt->replicas; i++)
+        spawn_replica(s, i, i == 0 ? US_ROLE_PRIMARY : US_ROLE_BACKUP);
+    /* The keeper pid is published by the primary's shim when it attaches. */
+    for (long t0 = us_now_ms(); !s->log.hdr->replica[0].attached && us_now_ms() - t0 < 5000;) {
+        reap(s);
+        if (s->done)
+            break;
+        usleep(1000);
+    }
+    if (s->log.hdr->replica[0].attached) {
+        s->rep[0].keeper = s->log.hdr->replica[0].keeper_pid;
+        s->rep[0].keeper_pidfd = (int)syscall(SYS_pidfd_open, s->rep[0].keeper, 0);
+        us_say_sup(s, "running %s as primary pid %d with %d backup(s); control socket %s",
+                   opt->argv[0], (int)s->rep[0].pid, opt->replicas - 1, s->control_path);
+    } else if (!s->done) {
+        us_say_sup(s, "the primary did not attach to the log within 5 s");
+    }
+
+    while (!s->done) {
+        struct pollfd pfd[2 + US_MAX_REPLICAS];
+        int n = 0;
+        pfd[n++] = (struct pollfd){s->sigfd, POLLIN, 0};
+        pfd[n++] = (struct pollfd){s->listen_fd, POLLIN, 0};
+        for (int i = 0; i < opt->replicas; i++)
+            if (s->rep[i].alive && s->rep[i].pidfd >= 0)
+                pfd[n++] = (struct pollfd){s->rep[i].pidfd, POLLIN, 0};
+        poll(pfd, (nfds_t)n, 20);
+        struct signalfd_siginfo si;
+        while (read(s->sigfd, &si, sizeof(si)) == sizeof(si)) {
+            if (si.ssi_signo == SIGCHLD)
+                continue;
+            if (!s->shutting_down)
+                us_say_sup(s, "signal %u: stopping the program", si.ssi_signo);
+            s->shutting_down = 1;
+            if (s->rep[s->primary].alive)
+                kill(s->rep[s->primary].pid, (int)si.ssi_signo);
+        }
+        reap(s);
+        if (s->done)
+            break;
+        if (pfd[1].revents & POLLIN)
+            us_control_serve(s);
+        check_hang(s);
+    }
+    /* A program that ended by itself: its backups replay to the same end;
+     * give them a moment, and say so if one ended differently. */
+    for (long t0 = us_now_ms(); !s->shutting_down && us_now_ms() - t0 < 3000;) {
+        int left = 0;
+        for (int i = 0; i < opt->replicas; i++)
+            left += s->rep[i].alive;
+        if (!left)
+            break;
+        reap(s);
+        usleep(1000);
+    }
+    s->log.hdr->shutdown = 1;
+    stop_all(s);
+    reap(s);
+    us_control_close(s);
+    return s->exit_status;
+}

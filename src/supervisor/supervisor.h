@@ -1,0 +1,67 @@
+/*
+ * supervisor.h - `understudy run`: starts the replicas, watches them,
+ * promotes a backup when the primary fails, answers the control socket.
+ */
+#ifndef US_SUPERVISOR_H
+#define US_SUPERVISOR_H
+
+#include <sched.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ring.h"
+
+struct us_run_options {
+    int replicas;              /* primary + backups */
+    cpu_set_t cpus[US_MAX_REPLICAS];
+    int cpus_given;
+    int hang_timeout_ms;
+    uint64_t max_lag_events;
+    uint64_t ring_size;
+    const char *control_path;
+    int quiet;
+    char **argv;               /* the program and its arguments */
+};
+
+struct us_proc {
+    pid_t pid;
+    int pidfd;
+    int ctl;                   /* supervisor's end of the replica's socketpair */
+    int alive;
+    pid_t keeper;              /* primary only */
+    int keeper_pidfd;
+};
+
+struct us_supervisor {
+    struct us_run_options opt;
+    struct us_log log;
+    int memfd;
+    int primary;               /* slot */
+    struct us_proc rep[US_MAX_REPLICAS];
+    int listen_fd;
+    char control_path[108];
+    int sigfd;
+    int shutting_down;
+    int exit_status;
+    int done;
+    long stopped_since_ms;
+    long last_failover_ms;
+    char shim_path[4096];
+};
+
+int us_run(struct us_run_options *opt);
+
+/* control.c */
+int us_control_listen(struct us_supervisor *s);
+void us_control_serve(struct us_supervisor *s);
+void us_control_close(struct us_supervisor *s);
+int us_control_request(const char *path, const char *request, char *reply, size_t cap);
+int us_default_control_path(char *buf, size_t cap);
+
+/* supervisor.c */
+int us_failover(struct us_supervisor *s, const char *why);
+void us_say_sup(struct us_supervisor *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+long us_now_ms(void);
+uint64_t us_backup_lag(struct us_supervisor *s, int slot);
+
+#endif
