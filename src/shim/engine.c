@@ -89,6 +89,9 @@ static int classify_new_fd(long nr, const long *a, int fd)
             return US_FD_FILE;
         return US_FD_OTHER;
     }
+    case SYS_signalfd:
+    case SYS_signalfd4:
+        return US_FD_SIGNALFD;
     default:
         return US_FD_OTHER;
     }
@@ -224,6 +227,8 @@ static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc 
     struct us_fd *f = d->fd_arg >= 0 ? us_fd_get(a[d->fd_arg]) : NULL;
     switch (d->kind) {
     case K_OUTPUT:
+        if (nr == SYS_epoll_ctl)
+            us_note_epoll_ctl(a, ret);
         if (f && ret > 0 && nr != SYS_setsockopt && nr != SYS_epoll_ctl)
             f->written += ret;
         break;

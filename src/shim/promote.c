@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <netinet/in.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -89,6 +90,58 @@ static void settle_fd(int fd, struct us_fd *f)
     }
 }
 
+/*
+ * A signalfd wakes an epoll through the wait queue of the process that added
+ * it to the epoll set: the dead primary. Registrations of signalfds are noted
+ * as the log goes by and redone by the new primary.
+ */
+struct sigfd_reg {
+    int epfd, fd;
+    struct epoll_event ev;
+};
+static struct sigfd_reg sigfd_regs[16];
+
+void us_note_epoll_ctl(const long *a, long ret)
+{
+    struct us_fd *f = us_fd_get(a[2]);
+    if (ret < 0 || !f || f->kind != US_FD_SIGNALFD)
+        return;
+    struct sigfd_reg *free_slot = NULL;
+    for (unsigned i = 0; i < sizeof(sigfd_regs) / sizeof(sigfd_regs[0]); i++) {
+        struct sigfd_reg *r = &sigfd_regs[i];
+        if (r->fd == 0 && r->epfd == 0) {
+            if (!free_slot)
+                free_slot = r;
+            continue;
+        }
+        if (r->epfd == (int)a[0] && r->fd == (int)a[2]) {
+            if (a[1] == EPOLL_CTL_DEL)
+                memset(r, 0, sizeof(*r));
+            else
+                memcpy(&r->ev, (void *)a[3], sizeof(r->ev));
+            return;
+        }
+    }
+    if (a[1] == EPOLL_CTL_ADD && free_slot) {
+        free_slot->epfd = (int)a[0];
+        free_slot->fd = (int)a[2];
+        memcpy(&free_slot->ev, (void *)a[3], sizeof(free_slot->ev));
+    } else if (a[1] == EPOLL_CTL_ADD) {
+        us_fatal("more than 16 signalfd registrations in epoll sets");
+    }
+}
+
+void us_reregister_signalfds(void)
+{
+    for (unsigned i = 0; i < sizeof(sigfd_regs) / sizeof(sigfd_regs[0]); i++) {
+        struct sigfd_reg *r = &sigfd_regs[i];
+        if (r->fd == 0 && r->epfd == 0)
+            continue;
+        US_SYSCALL4(SYS_epoll_ctl, r->epfd, EPOLL_CTL_DEL, r->fd, 0);
+        US_SYSCALL4(SYS_epoll_ctl, r->epfd, EPOLL_CTL_ADD, r->fd, &r->ev);
+    }
+}
+
 static void promote_process(void)
 {
     struct us_replica *me = &us_log_.hdr->replica[us_slot];
@@ -145,6 +198,8 @@ static void promote_process(void)
     for (int fd = 0; fd < US_MAX_FDS; fd++)
         if (us_fds[fd].kind == US_FD_SOCKET || us_fds[fd].kind == US_FD_FILE)
             settle_fd(fd, &us_fds[fd]);
+
+    us_reregister_signalfds();
 
     /* 3. our own keeper, and live */
     me->keeper_pid = (int32_t)us_spawn_keeper();

@@ -51,6 +51,7 @@ enum us_fd_kind {
     US_FD_DGRAM,    /* other sockets */
     US_FD_FILE,     /* regular file: offsets tracked for failover */
     US_FD_OTHER,    /* pipes, eventfd, epoll, devices... */
+    US_FD_SIGNALFD, /* wakes epoll through the process that registered it */
     US_FD_SHIM,     /* the shim's own: the program may not touch it */
 };
 
@@ -117,6 +118,9 @@ static inline struct us_fd *us_fd_get(long fd)
     return (fd >= 0 && fd < US_MAX_FDS) ? &us_fds[fd] : 0;
 }
 void us_fd_created(long fd, int kind);
+/* epoll registrations of signalfds, redone by a promoted backup (promote.c) */
+void us_note_epoll_ctl(const long *a, long ret);
+void us_reregister_signalfds(void);
 int64_t us_tcp_sent_total(int fd);
 
 #endif

@@ -117,6 +117,27 @@ static void on_sigsys(int sig, siginfo_t *info, void *ucv)
         g[REG_RIP] = (greg_t)us_sigreturn;
         return;
     }
+    if (nr == SYS_rt_sigprocmask) {
+        /* The mask in force is the one this handler's return restores: change
+         * that one. SIGSYS itself stays deliverable. */
+        uint64_t *cur = (uint64_t *)&uc->uc_sigmask;
+        const uint64_t *set = (const uint64_t *)g[REG_RSI];
+        uint64_t *old = (uint64_t *)g[REG_RDX];
+        uint64_t keep = (1ull << (SIGSYS - 1)) | (1ull << (SIGKILL - 1)) | (1ull << (SIGSTOP - 1));
+        uint64_t prev = *cur;
+        if (set) {
+            switch (g[REG_RDI]) {
+            case SIG_BLOCK: *cur |= *set & ~keep; break;
+            case SIG_UNBLOCK: *cur &= ~*set; break;
+            case SIG_SETMASK: *cur = *set & ~keep; break;
+            default: g[REG_RAX] = -22; return;
+            }
+        }
+        if (old)
+            *old = prev;
+        g[REG_RAX] = 0;
+        return;
+    }
     if (t && t->mode != US_MODE_OFF && !t->in_engine) {
         if (nr == SYS_clone3) {
             struct clone_args *ca = (struct clone_args *)g[REG_RDI];
