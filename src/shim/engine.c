@@ -307,6 +307,11 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
 US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
                              const long *a, const char *why)
 {
+    for (unsigned k = t->nrecent > 16 ? t->nrecent - 16 : 0; k < t->nrecent; k++) {
+        unsigned i = k % 16;
+        us_say("  replayed event %lu: %s(%d) = %ld", (unsigned long)t->recent[i].seq,
+               us_sysname(t->recent[i].nr), t->recent[i].fd, (long)t->recent[i].ret);
+    }
     if (ev && ev->type == US_EV_SYSCALL)
         us_fatal("divergence on thread %u at event %lu: the program called %s(%ld, ..., %ld) "
                  "but the primary's log has %s(%d, ..., %lu) (%s)",
@@ -346,6 +351,11 @@ struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const st
 void us_consume(struct us_thread *t, struct us_event *ev)
 {
     t->sigs_after = ev->flags & US_EVF_SIGNALS_NEXT;
+    unsigned i = t->nrecent++ % 16;
+    t->recent[i].nr = ev->nr;
+    t->recent[i].fd = ev->fd;
+    t->recent[i].ret = ev->ret;
+    t->recent[i].seq = ev->seq;
     us_ring_consume(&us_log_, t->ring, us_slot, ev);
 }
 
@@ -390,6 +400,8 @@ static int open_readonly_twin(long nr, const long *a, int fd, int kind)
                             O_RDONLY | O_CLOEXEC | O_NOCTTY, 0);
     if (mine < 0)
         return 0;
+    if (mine == fd)
+        return 1; /* the lowest free number: already where it belongs */
     long r = US_SYSCALL3(SYS_dup3, mine, fd, (flags & O_CLOEXEC) ? O_CLOEXEC : 0);
     US_SYSCALL1(SYS_close, mine);
     return r == fd;

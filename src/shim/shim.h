@@ -39,6 +39,9 @@ struct us_thread {
     int tid;               /* kernel tid in this replica */
     long (*start_fn)(void *); /* glibc's thread start, from the trapped clone3 */
     void *start_arg;
+    struct { uint32_t nr; int32_t fd; int64_t ret; uint64_t seq; } recent[16]; /* for
+                              divergence reports: the last events consumed */
+    unsigned nrecent;
     uint64_t sigs_after;   /* primary: signals to hand to the program as the
                               current call returns; backup: nonzero if the
                               replayed call had US_EVF_SIGNALS_NEXT */

@@ -36,6 +36,7 @@ or redis-server / redis-benchmark missing).
 import argparse
 import csv
 import io
+import json
 import os
 import random
 import shutil
@@ -44,11 +45,12 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True      # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from redis_harness import (ConnLost, Deadline, Resp, RespError, Server,  # noqa: E402
                            StartError, Tracker, install_deadline,
                            install_fatal_handlers, log, mono,
-                           set_log_prefix, spawn)
+                           set_log_prefix, spawn, tail)
 
 PASS, FAIL, SKIP = 0, 1, 77
 BENCH_TESTS = ["SET", "GET", "INCR", "LPUSH"]
@@ -149,8 +151,17 @@ def do_kills(ctx, srv, kills, is_alive, what):
         if not is_alive():
             problems.append("%s before kill %d/%d; remaining kills skipped" % (what, i + 1, kills))
             break
+        if not srv.native:
+            st = srv.status_retry()
+            running = [b for b in st.get("backups") or [] if b.get("state") == "running"]
+            if not running:
+                problems.append("before kill %d/%d there is no running backup to take over"
+                                " (status: %s); remaining kills skipped; understudy log tail:\n%s"
+                                % (i + 1, kills, json.dumps(st), tail(srv.logpath, 15)))
+                break
         pid, tk = srv.kill_primary()
         killed.append(pid)
+        srv.kill_times.append(tk)
         log("kill %d/%d: SIGKILLed primary pid %d (%s) %.2fs into the load"
             % (i + 1, kills, pid, srv.last_killed_cmdline, delay))
         st, dt = srv.wait_failover(failovers, pid, timeout=ctx.args.failover_timeout)
@@ -313,7 +324,7 @@ class Worker(threading.Thread):
                 self.count += 1
                 t = mono()
                 if t - prev_t > self.max_gap:
-                    self.max_gap, self.max_gap_at = t - prev_t, self.count
+                    self.max_gap, self.max_gap_at = t - prev_t, (self.count, prev_t)
                 prev_t = self.t_last = t
         except ConnLost as e:
             self.error = "conn %d (%s, after %d acknowledged ops): %s" % (
@@ -424,6 +435,7 @@ def phase_checker(ctx, kills, mode="normal"):
                                      "a checker connection stopped (see its error)")
         problems += [("kill", x) for x in p]
 
+        kill_times = srv.kill_times
         # every connection must make progress after the last failover
         t_mark = mono()
         end = t_mark + a.stall
@@ -445,10 +457,14 @@ def phase_checker(ctx, kills, mode="normal"):
             if w.is_alive():
                 problems.append(("hang", "conn %d (%s) still blocked after stop" % (w.idx, w.kind)))
         for w in workers:
-            log("%s: conn %d %-4s %7d ops%s, longest gap between replies %.0f ms (at op #%s)%s"
+            gap_op, gap_t = w.max_gap_at or (0, t0)
+            log("%s: conn %d %-4s %7d ops%s, longest gap between replies %.0f ms (op #%d,"
+                " from t=%.2fs%s)%s"
                 % (label, w.idx, w.kind, w.count,
                    " (last %d)" % w.last if w.kind == "incr" else "",
-                   w.max_gap * 1000, w.max_gap_at, " ERROR " + w.error if w.error else ""))
+                   w.max_gap * 1000, gap_op, gap_t - t0,
+                   "".join(", kill at t=%.2fs" % (k - t0) for k in kill_times),
+                   " ERROR " + w.error if w.error else ""))
             if w.error:
                 problems.append(("conn_error", w.error))
             problems += w.bad

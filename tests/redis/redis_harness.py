@@ -440,6 +440,7 @@ class Server:
         self.known = {}           # pid -> starttime of every replica seen
         self.stopped = False
         self.last_killed_cmdline = ""
+        self.kill_times = []
 
     # ---- start -----------------------------------------------------------
     def redis_argv(self):
