@@ -49,6 +49,8 @@ enum us_event_type {
     US_EV_INFLIGHT = 4, /* appended by the supervisor: the dead primary was
                            inside call nr on fd when it died, result unknown */
     US_EV_CRASH = 5,    /* primary took a synchronous fault (fd = signal) */
+    US_EV_SYNC = 6,     /* a mutex acquisition: fd = operation, aux = the
+                           mutex's address, check = the version it reached */
 };
 
 /* Event flags. */
