@@ -115,7 +115,7 @@ _Static_assert(sizeof(struct us_recv_slot) == 208, "us_recv_slot layout");
 struct us_ring_consumer {
     _Alignas(US_CACHELINE) uint64_t tail; /* bytes consumed */
     uint64_t seq;                         /* events consumed */
-    uint32_t waiting;                     /* consumer sleeps on head_futex */
+    uint32_t reserved;
     uint32_t pad;
 };
 
@@ -123,7 +123,7 @@ struct us_ring_consumer {
 struct us_ring_ctl {
     _Alignas(US_CACHELINE) uint64_t head; /* bytes published (store-release) */
     uint64_t head_seq;                    /* events published */
-    uint32_t head_futex;                  /* bumped on publish when someone waits */
+    uint32_t head_futex;                  /* bumped by the supervisor to wake consumers */
     uint32_t producer_waiting;            /* producer sleeps on tail_futex */
     uint32_t tail_futex;                  /* bumped by consumers when producer waits */
     uint32_t in_use;                      /* logical thread exists */

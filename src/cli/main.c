@@ -159,14 +159,22 @@ static int cmd_run(int argc, char **argv)
                     o.replicas);
             return 2;
         }
-    } else {
+    } else if (ncpu > o.replicas) {
         for (int r = 0; r < o.replicas; r++) {
             CPU_ZERO(&o.cpus[r]);
-            CPU_SET((int)(r % (ncpu > 0 ? ncpu : 1)), &o.cpus[r]);
+            CPU_SET((int)r, &o.cpus[r]);
         }
-        if (ncpu < o.replicas)
-            fprintf(stderr, "understudy: %d replicas on %ld CPUs: some replicas share a CPU\n",
-                    o.replicas, ncpu);
+    } else {
+        /* Pinning every replica to its own CPU would leave none for the
+         * program's clients and the rest of the machine. */
+        for (int r = 0; r < o.replicas; r++) {
+            CPU_ZERO(&o.cpus[r]);
+            for (long c = 0; c < ncpu; c++)
+                CPU_SET((int)c, &o.cpus[r]);
+        }
+        if (!o.quiet)
+            fprintf(stderr, "understudy: %d replicas on %ld CPUs: replicas are not pinned "
+                            "(give --cpus to pin them)\n", o.replicas, ncpu);
     }
     return us_run(&o);
 }

@@ -14,7 +14,10 @@
 
 #include "sys.h"
 
-#define SPIN_ROUNDS 20000u /* ~10-50 us: far below a cross-core futex wake-up */
+#define SPIN_ROUNDS 20000u /* producer under back-pressure: ~10-50 us */
+#define CONSUMER_SPIN_ROUNDS 2000u /* a backup spins a few us for the next event */
+#define CONSUMER_NAP_MIN_NS 50000L   /* then naps, 50 us at first... */
+#define CONSUMER_NAP_MAX_NS 2000000L /* ...up to 2 ms while the log stays idle */
 
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
 
@@ -101,17 +104,6 @@ static void wait_for_room(struct us_log *log, unsigned ring, unsigned self, uint
     }
 }
 
-static void wake_consumers(struct us_log_header *h, struct us_ring_ctl *c)
-{
-    for (unsigned s = 0; s < h->nreplicas; s++) {
-        if (__atomic_load_n(&c->consumer[s].waiting, __ATOMIC_SEQ_CST)) {
-            __atomic_fetch_add(&c->head_futex, 1, __ATOMIC_SEQ_CST);
-            futex_wake(&c->head_futex);
-            return;
-        }
-    }
-}
-
 struct us_event *us_ring_reserve(struct us_log *log, unsigned ring, unsigned self,
                                  uint32_t payload_max)
 {
@@ -143,7 +135,7 @@ void us_ring_publish(struct us_log *log, unsigned ring, struct us_event *ev, uin
     ev->flags &= (uint16_t)~US_EVF_PENDING;
     __atomic_store_n(&c->head_seq, c->head_seq + 1, __ATOMIC_RELAXED);
     __atomic_store_n(&c->head, c->head + ev->size, __ATOMIC_RELEASE);
-    wake_consumers(h, c);
+    (void)h;
 }
 
 struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot)
@@ -161,28 +153,32 @@ struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot)
     }
 }
 
+/*
+ * A backup spins briefly for the next event, then naps on the futex with a
+ * timeout that grows while the log stays idle. The primary never pays for a
+ * wake-up (a futex wake is a syscall on its hot path, and a spinning backup
+ * would take a whole core from a small machine); only the supervisor wakes
+ * backups, when it promotes one.
+ */
 struct us_event *us_ring_next(struct us_log *log, unsigned ring, unsigned slot)
 {
     struct us_log_header *h = log->hdr;
     struct us_ring_ctl *c = &h->ring[ring];
-    struct us_ring_consumer *me = &c->consumer[slot];
+    long nap = CONSUMER_NAP_MIN_NS;
     for (unsigned spins = 0;; spins++) {
         struct us_event *ev = us_ring_peek(log, ring, slot);
         if (ev)
             return ev;
         if (__atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE))
             return NULL;
-        if (spins < SPIN_ROUNDS) {
+        if (spins < CONSUMER_SPIN_ROUNDS) {
             cpu_relax();
             continue;
         }
         uint32_t v = __atomic_load_n(&c->head_futex, __ATOMIC_ACQUIRE);
-        __atomic_store_n(&me->waiting, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&c->head, __ATOMIC_SEQ_CST) == me->tail &&
-            !__atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE))
-            futex_wait(&c->head_futex, v, 100000000);
-        __atomic_store_n(&me->waiting, 0, __ATOMIC_RELAXED);
-        spins = SPIN_ROUNDS / 2; /* after a sleep, spin less before the next */
+        futex_wait(&c->head_futex, v, nap);
+        if (nap < CONSUMER_NAP_MAX_NS)
+            nap *= 2;
     }
 }
 

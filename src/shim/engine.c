@@ -271,6 +271,8 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     long r;
     if (d->kind == K_OUTPUT && f && f->skip > 0)
         r = output_with_skip(nr, a, f);
+    else if (d->exec)
+        r = d->exec(a);
     else
         r = us_raw(nr, a);
 

@@ -41,6 +41,8 @@ struct us_sysdesc {
     int8_t size_arg; /* argument holding a size, checked on replay; -1 none */
     us_outbufs_fn out;
     us_special_fn special;
+    long (*exec)(const long *a); /* the primary's way to make the call, if not
+                                    a raw syscall (time through the vDSO) */
 };
 
 #define US_NSYSCALLS 512

@@ -102,7 +102,7 @@ void us_fork_done(long r)
     t->in_engine = 0;
 }
 
-static const struct us_sysdesc d_fork = {K_INPUT, -1, -1, 0, 0};
+static const struct us_sysdesc d_fork = {K_INPUT, -1, -1, 0, 0, 0};
 
 static void on_sigsys(int sig, siginfo_t *info, void *ucv)
 {

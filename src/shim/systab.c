@@ -7,7 +7,10 @@
  */
 #include "engine.h"
 
+#include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <time.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <string.h>
@@ -195,9 +198,9 @@ static int out_fcntl(const long *a, long r, struct us_span *sp)
 
 /* ---- special handlers -------------------------------------------------- */
 
-static const struct us_sysdesc d_input_buf1 = {K_INPUT, 0, 2, out_buf1, 0};
+static const struct us_sysdesc d_input_buf1 = {K_INPUT, 0, 2, out_buf1, 0, 0};
 static int out_recvfrom(const long *a, long r, struct us_span *sp);
-static const struct us_sysdesc d_recvfrom = {K_INPUT, 0, 2, out_recvfrom, 0};
+static const struct us_sysdesc d_recvfrom = {K_INPUT, 0, 2, out_recvfrom, 0, 0};
 
 /*
  * Socket reads (read, recvfrom) go through recvmmsg() into the log itself:
@@ -296,7 +299,7 @@ static long sp_rt_sigaction(struct us_thread *t, long nr, long *a)
     return us_rt_sigaction((int)a[0], (const void *)a[1], (void *)a[2], (size_t)a[3]);
 }
 
-static const struct us_sysdesc d_ioctl = {K_INPUT, 0, 1, out_ioctl, 0};
+static const struct us_sysdesc d_ioctl = {K_INPUT, 0, 1, out_ioctl, 0, 0};
 static long sp_ioctl(struct us_thread *t, long nr, long *a)
 {
     switch ((unsigned long)a[1]) {
@@ -309,8 +312,8 @@ static long sp_ioctl(struct us_thread *t, long nr, long *a)
     return t->mode == US_MODE_RECORD ? us_record(t, nr, a, &d_ioctl) : us_replay(t, nr, a, &d_ioctl);
 }
 
-static const struct us_sysdesc d_fcntl = {K_INPUT, 0, 1, out_fcntl, 0};
-static const struct us_sysdesc d_fcntl_dup = {K_DUP, 0, 1, 0, 0};
+static const struct us_sysdesc d_fcntl = {K_INPUT, 0, 1, out_fcntl, 0, 0};
+static const struct us_sysdesc d_fcntl_dup = {K_DUP, 0, 1, 0, 0, 0};
 static long sp_fcntl(struct us_thread *t, long nr, long *a)
 {
     const struct us_sysdesc *d = (a[1] == F_DUPFD || a[1] == F_DUPFD_CLOEXEC) ? &d_fcntl_dup : &d_fcntl;
@@ -319,7 +322,7 @@ static long sp_fcntl(struct us_thread *t, long nr, long *a)
 
 /* accept: after a failover, connections the dead primary accepted but never
  * logged are handed out first (promote.c), so no client is left hanging. */
-static const struct us_sysdesc d_accept = {K_FDNEW, 0, -1, out_accept, 0};
+static const struct us_sysdesc d_accept = {K_FDNEW, 0, -1, out_accept, 0, 0};
 static long sp_accept(struct us_thread *t, long nr, long *a)
 {
     if (t->mode == US_MODE_RECORD) {
@@ -356,13 +359,60 @@ static long sp_accept(struct us_thread *t, long nr, long *a)
     return us_replay(t, nr, a, &d_accept);
 }
 
+/* ---- time through the vDSO ---------------------------------------------- */
+
+/* libc's own clock functions read the vDSO: no syscall, so far cheaper than
+ * us_raw on the primary's hot path (Redis reads the clock ~3 times per
+ * request). Should libc fall back to a syscall, it traps into the engine,
+ * which passes it through (we are inside the engine). */
+static int (*libc_clock_gettime)(long, void *);
+static int (*libc_gettimeofday)(void *, void *);
+
+static void resolve_clock(void)
+{
+    libc_clock_gettime = (int (*)(long, void *))dlsym(RTLD_NEXT, "clock_gettime");
+    libc_gettimeofday = (int (*)(void *, void *))dlsym(RTLD_NEXT, "gettimeofday");
+    if (!libc_clock_gettime || !libc_gettimeofday)
+        us_fatal("cannot find libc's clock functions");
+}
+
+static long vdso_result(int r)
+{
+    return r == 0 ? 0 : -(long)errno;
+}
+
+static long exec_clock_gettime(const long *a)
+{
+    if (US_UNLIKELY(!libc_clock_gettime))
+        resolve_clock();
+    return vdso_result(libc_clock_gettime(a[0], (void *)a[1]));
+}
+
+static long exec_gettimeofday(const long *a)
+{
+    if (US_UNLIKELY(!libc_gettimeofday))
+        resolve_clock();
+    return vdso_result(libc_gettimeofday((void *)a[0], (void *)a[1]));
+}
+
+static long exec_time(const long *a)
+{
+    struct timespec ts;
+    long r = exec_clock_gettime((const long[]){CLOCK_REALTIME, (long)&ts, 0, 0, 0, 0});
+    if (r < 0)
+        return r;
+    if (a[0])
+        *(long *)a[0] = ts.tv_sec;
+    return ts.tv_sec;
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
-#define PASS(nr) [nr] = {K_PASS, -1, -1, 0, 0}
-#define IN(nr, fdarg, sizearg, out) [nr] = {K_INPUT, fdarg, sizearg, out, 0}
-#define OUT(nr, fdarg, sizearg, out) [nr] = {K_OUTPUT, fdarg, sizearg, out, 0}
-#define FDNEW(nr, fdarg, out) [nr] = {K_FDNEW, fdarg, -1, out, 0}
-#define SPECIAL(nr, fn) [nr] = {K_SPECIAL, -1, -1, 0, fn}
+#define PASS(nr) [nr] = {K_PASS, -1, -1, 0, 0, 0}
+#define IN(nr, fdarg, sizearg, out) [nr] = {K_INPUT, fdarg, sizearg, out, 0, 0}
+#define OUT(nr, fdarg, sizearg, out) [nr] = {K_OUTPUT, fdarg, sizearg, out, 0, 0}
+#define FDNEW(nr, fdarg, out) [nr] = {K_FDNEW, fdarg, -1, out, 0, 0}
+#define SPECIAL(nr, fn) [nr] = {K_SPECIAL, -1, -1, 0, fn, 0}
 
 const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     /* memory, threads' own state, signals masks, exit: same in every replica */
@@ -391,8 +441,10 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     IN(SYS_epoll_pwait2, 0, 2, out_epoll), IN(SYS_poll, -1, 1, out_poll),
     IN(SYS_ppoll, -1, 1, out_poll), IN(SYS_select, -1, 0, out_select),
     IN(SYS_pselect6, -1, 0, out_select),
-    IN(SYS_clock_gettime, -1, 0, out_ts1), IN(SYS_clock_getres, -1, 0, out_ts1),
-    IN(SYS_gettimeofday, -1, -1, out_gettimeofday), IN(SYS_time, -1, -1, out_time0),
+    [SYS_clock_gettime] = {K_INPUT, -1, 0, out_ts1, 0, exec_clock_gettime},
+    [SYS_gettimeofday] = {K_INPUT, -1, -1, out_gettimeofday, 0, exec_gettimeofday},
+    [SYS_time] = {K_INPUT, -1, -1, out_time0, 0, exec_time},
+    IN(SYS_clock_getres, -1, 0, out_ts1),
     IN(SYS_getrandom, -1, 1, out_buf0),
     IN(SYS_getsockname, 0, -1, out_accept), IN(SYS_getpeername, 0, -1, out_accept),
     IN(SYS_getsockopt, 0, 2, out_getsockopt),
@@ -419,9 +471,9 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     FDNEW(SYS_socketpair, -1, out_socketpair), FDNEW(SYS_epoll_create, -1, 0),
     FDNEW(SYS_epoll_create1, -1, 0), FDNEW(SYS_eventfd, -1, 0), FDNEW(SYS_eventfd2, -1, 0),
     FDNEW(SYS_timerfd_create, -1, 0), FDNEW(SYS_signalfd, -1, 0), FDNEW(SYS_signalfd4, -1, 0),
-    [SYS_close] = {K_CLOSE, 0, -1, 0, 0},
-    [SYS_dup] = {K_DUP, 0, -1, 0, 0}, [SYS_dup2] = {K_DUP, 0, 1, 0, 0},
-    [SYS_dup3] = {K_DUP, 0, 1, 0, 0},
+    [SYS_close] = {K_CLOSE, 0, -1, 0, 0, 0},
+    [SYS_dup] = {K_DUP, 0, -1, 0, 0, 0}, [SYS_dup2] = {K_DUP, 0, 1, 0, 0, 0},
+    [SYS_dup3] = {K_DUP, 0, 1, 0, 0, 0},
 
     /* outputs and other external effects: the primary's alone */
     OUT(SYS_write, 0, 2, 0), OUT(SYS_pwrite64, 0, 2, 0), OUT(SYS_writev, 0, 2, 0),
