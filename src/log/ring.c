@@ -15,8 +15,8 @@
 #include "sys.h"
 
 #define SPIN_ROUNDS 20000u /* producer under back-pressure: ~10-50 us */
-#define CONSUMER_SPIN_ROUNDS 2000u /* a backup spins a few us for the next event */
-#define CONSUMER_NAP_MIN_NS 50000L   /* then naps, 50 us at first... */
+#define CONSUMER_SPIN_ROUNDS 100u /* a backup spins a few us for the next event */
+#define CONSUMER_NAP_MIN_NS 200000L  /* then naps, 200 us at first... */
 #define CONSUMER_NAP_MAX_NS 2000000L /* ...up to 2 ms while the log stays idle */
 
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
