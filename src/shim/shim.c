@@ -117,6 +117,7 @@ __attribute__((constructor(101))) static void us_init(void)
 
     if (primary) {
         __atomic_store_n(&us_log_.hdr->ring[0].in_use, 1, __ATOMIC_RELEASE);
+        us_log_.hdr->program_pid = (int32_t)US_SYSCALL0(SYS_getpid);
         me->keeper_pid = (int32_t)us_spawn_keeper();
     } else {
         long fd = US_SYSCALL3(SYS_open, "/dev/null", O_RDWR | O_CLOEXEC, 0);

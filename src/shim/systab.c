@@ -406,6 +406,39 @@ static long exec_time(const long *a)
     return ts.tv_sec;
 }
 
+/* ---- the program's pid ------------------------------------------------------ */
+
+/* The program keeps the pid it first saw across failovers (it caches it:
+ * Redis, shells); signals it sends to that pid reach whichever replica
+ * serves it now. */
+static long exec_getpid(const long *a)
+{
+    (void)a;
+    return us_log_.hdr->program_pid;
+}
+
+static long exec_gettid(const long *a)
+{
+    (void)a;
+    return us_self == &us_threads[0] ? us_log_.hdr->program_pid : US_SYSCALL0(SYS_gettid);
+}
+
+static long real_pid(long pid)
+{
+    return pid == us_log_.hdr->program_pid ? US_SYSCALL0(SYS_getpid) : pid;
+}
+
+static long exec_kill(const long *a)
+{
+    return US_SYSCALL2(SYS_kill, real_pid(a[0]), a[1]);
+}
+
+static long exec_tgkill(const long *a)
+{
+    long tid = a[1] == us_log_.hdr->program_pid ? US_SYSCALL0(SYS_gettid) : a[1];
+    return US_SYSCALL3(SYS_tgkill, real_pid(a[0]), tid, a[2]);
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 #define PASS(nr) [nr] = {K_PASS, -1, -1, 0, 0, 0}
@@ -456,7 +489,8 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     IN(SYS_readlink, -1, 2, out_buf1), IN(SYS_readlinkat, 0, 3, out_buf2),
     IN(SYS_lseek, 0, -1, 0), IN(SYS_access, -1, -1, 0), IN(SYS_faccessat, 0, -1, 0),
     IN(SYS_faccessat2, 0, -1, 0), IN(SYS_getcwd, -1, 1, out_buf0),
-    IN(SYS_getpid, -1, -1, 0), IN(SYS_gettid, -1, -1, 0), IN(SYS_getppid, -1, -1, 0),
+    [SYS_getpid] = {K_INPUT, -1, -1, 0, 0, exec_getpid},
+    [SYS_gettid] = {K_INPUT, -1, -1, 0, 0, exec_gettid}, IN(SYS_getppid, -1, -1, 0),
     IN(SYS_getpgrp, -1, -1, 0), IN(SYS_getpgid, -1, -1, 0), IN(SYS_getsid, -1, -1, 0),
     IN(SYS_sysinfo, -1, -1, out_sysinfo0), IN(SYS_uname, -1, -1, out_uname0),
     IN(SYS_getrusage, -1, 0, out_rusage1), IN(SYS_times, -1, -1, out_tms0),
@@ -490,7 +524,8 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     OUT(SYS_symlink, -1, -1, 0), OUT(SYS_chmod, -1, 1, 0), OUT(SYS_fchmod, 0, 1, 0),
     OUT(SYS_chown, -1, -1, 0), OUT(SYS_fchown, 0, -1, 0), OUT(SYS_lchown, -1, -1, 0),
     OUT(SYS_utimensat, 0, -1, 0),
-    OUT(SYS_kill, -1, 1, 0), OUT(SYS_tgkill, -1, 2, 0), OUT(SYS_tkill, -1, 1, 0),
+    [SYS_kill] = {K_OUTPUT, -1, 1, 0, 0, exec_kill},
+    [SYS_tgkill] = {K_OUTPUT, -1, 2, 0, 0, exec_tgkill}, OUT(SYS_tkill, -1, 1, 0),
     OUT(SYS_setitimer, -1, 0, out_itimer2), OUT(SYS_alarm, -1, 0, 0),
     OUT(SYS_timerfd_settime, 0, 1, out_itimerspec3),
 };
