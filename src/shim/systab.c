@@ -320,43 +320,27 @@ static long sp_fcntl(struct us_thread *t, long nr, long *a)
     return t->mode == US_MODE_RECORD ? us_record(t, nr, a, d) : us_replay(t, nr, a, d);
 }
 
-/* accept: after a failover, connections the dead primary accepted but never
- * logged are handed out first (promote.c), so no client is left hanging. */
-static const struct us_sysdesc d_accept = {K_FDNEW, 0, -1, out_accept, 0, 0};
-static long sp_accept(struct us_thread *t, long nr, long *a)
+/* accept on the primary: after a failover, connections the dead primary
+ * accepted but never logged are handed out first (promote.c), so no client
+ * is left hanging; they are logged like any accepted connection. */
+static long accept_orphan_or(long nr, const long *a, int flags)
 {
-    if (t->mode == US_MODE_RECORD) {
-        long orphan = us_orphan_accept((int)a[0], nr == SYS_accept4 ? (int)a[3] : 0);
-        if (orphan >= 0) {
-            if (a[1] && a[2])
-                US_SYSCALL3(SYS_getpeername, orphan, a[1], a[2]);
-            /* Log it as the accept it is for the program. */
-            struct us_span sp[US_MAX_SPANS];
-            int n = out_accept(a, orphan, sp);
-            uint32_t payload = 0;
-            for (int i = 0; i < n; i++)
-                payload += (uint32_t)sizeof(struct us_blob) + us_align8((uint32_t)sp[i].len);
-            struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, payload);
-            ev->type = US_EV_SYSCALL;
-            ev->nr = (uint32_t)nr;
-            ev->fd = (int32_t)a[0];
-            ev->ret = orphan;
-            ev->aux = US_FD_SOCKET;
-            uint8_t *p = (uint8_t *)(ev + 1);
-            for (int i = 0; i < n; i++) {
-                struct us_blob *bl = (struct us_blob *)p;
-                bl->len = (uint32_t)sp[i].len;
-                bl->reserved = 0;
-                memcpy(bl + 1, sp[i].p, sp[i].len);
-                p += sizeof(*bl) + us_align8(bl->len);
-            }
-            us_fd_created(orphan, US_FD_SOCKET);
-            us_publish_call(t, ev, payload);
-            return orphan;
-        }
-        return us_record(t, nr, a, &d_accept);
-    }
-    return us_replay(t, nr, a, &d_accept);
+    long fd = us_orphan_accept((int)a[0], flags);
+    if (fd < 0)
+        return us_raw(nr, a);
+    if (a[1] && a[2])
+        US_SYSCALL3(SYS_getpeername, fd, a[1], a[2]);
+    return fd;
+}
+
+static long exec_accept(const long *a)
+{
+    return accept_orphan_or(SYS_accept, a, 0);
+}
+
+static long exec_accept4(const long *a)
+{
+    return accept_orphan_or(SYS_accept4, a, (int)a[3]);
 }
 
 /* ---- time through the vDSO ---------------------------------------------- */
@@ -499,7 +483,9 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     SPECIAL(SYS_ioctl, sp_ioctl), SPECIAL(SYS_fcntl, sp_fcntl),
 
     /* fd creation */
-    FDNEW(SYS_socket, -1, 0), SPECIAL(SYS_accept, sp_accept), SPECIAL(SYS_accept4, sp_accept),
+    FDNEW(SYS_socket, -1, 0),
+    [SYS_accept] = {K_FDNEW, 0, -1, out_accept, 0, exec_accept},
+    [SYS_accept4] = {K_FDNEW, 0, -1, out_accept, 0, exec_accept4},
     FDNEW(SYS_open, -1, 0), FDNEW(SYS_openat, 0, 0), FDNEW(SYS_creat, -1, 0),
     FDNEW(SYS_pipe, -1, out_pipe), FDNEW(SYS_pipe2, -1, out_pipe),
     FDNEW(SYS_socketpair, -1, out_socketpair), FDNEW(SYS_epoll_create, -1, 0),

@@ -891,6 +891,47 @@ static void test_backpressure_ring_full(void **state)
     assert_int_equal(p.published, 20);
 }
 
+/* A record that needs a pad waits for room for the pad and the record: 63
+ * records of 1024 bytes leave 1024 at the end, the backup consumed only the
+ * first; a 2048-byte record would fit at offset 0 if the pad were free, but
+ * it would overwrite record 2, so the producer must wait for it. */
+static void test_backpressure_pad_needs_room(void **state)
+{
+    struct fx *fx = *state;
+    struct us_log *log = &fx->log;
+    struct us_ring_ctl *c = &log->hdr->ring[0];
+    const struct lenspec ls = {.fixed = 976, .big_every = 64, .big_len = 2000};
+    int ok;
+    for (uint64_t s = 1; s <= 63; s++)
+        publish_one(log, 0, rec_len(&ls, s));
+    assert_int_equal(c->head, 63u * 1024u);
+    struct us_event *ev = us_ring_next(log, 0, 1);
+    ASSERT_RECORD(log, 0, ev, 1, 976);
+    us_ring_consume(log, 0, 1, ev);
+
+    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 1, .ls = ls};
+    int t = start_thread(fx, producer_main, &p);
+    POLL_UNTIL(ok, LOAD(&p.attempted) == 1, 5000);
+    assert_true(ok);
+    STAYS(ok, LOAD(&p.published) == 0 && LOAD(&c->head) == 63u * 1024u, 200);
+    assert_true(ok);
+    ASSERT_RECORD(log, 0, us_ring_at(log, 0, 1024), 2, 976);
+
+    ev = us_ring_next(log, 0, 1);
+    ASSERT_RECORD(log, 0, ev, 2, 976);
+    us_ring_consume(log, 0, 1, ev);
+    POLL_UNTIL(ok, LOAD(&p.done), 5000);
+    assert_true(ok);
+    join_thread(fx, t);
+    assert_int_equal(c->head, RING + 2048u);
+    assert_int_equal(us_ring_at(log, 0, 63u * 1024u)->type, US_EV_PAD);
+    assert_int_equal(us_ring_at(log, 0, 63u * 1024u)->size, 1024);
+    unsigned slot = 1;
+    uint64_t next = 3;
+    drain_slots(fx, 0, &slot, 1, &next, 64, &ls, 5000);
+    assert_int_equal(c->consumer[1].tail, c->head);
+}
+
 /* With max_lag_events = 5 the producer stops after 5 unconsumed records even
  * though the ring has plenty of room. Parametrised by the backup's state:
  * every state in which a backup still reads the log holds the producer. */
@@ -1333,6 +1374,7 @@ static void test_control_block_layout(void **state)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* the watchdog's _exit keeps what ran */
     const struct CMUnitTest tests[] = {
         T(test_format_then_check_accepts),
         T(test_format_resets_a_used_header),
@@ -1354,6 +1396,7 @@ int main(void)
         T(test_tiny_pad_at_ring_end),
         T(test_max_payload_across_wraps),
         T(test_backpressure_ring_full),
+        T(test_backpressure_pad_needs_room),
         TP(test_backpressure_max_lag, US_REPLICA_RUNNING),
         TP(test_backpressure_max_lag, US_REPLICA_STARTING),
         TP(test_backpressure_max_lag, US_REPLICA_PROMOTING),
