@@ -172,6 +172,9 @@ void us_control_serve(struct us_supervisor *s)
         n = status_json(s, out, sizeof(out));
     } else if (strcmp(req, "status") == 0) {
         n = status_text(s, out, sizeof(out));
+    } else if (strcmp(req, "failover") == 0 && us_pick_backup(s) < 0) {
+        n = (size_t)snprintf(out, sizeof(out),
+                             "error: no backup is running: a failover now would stop the service\n");
     } else if (strcmp(req, "failover") == 0) {
         struct us_proc *p = &s->rep[s->primary];
         int st;
@@ -179,6 +182,8 @@ void us_control_serve(struct us_supervisor *s)
         kill(p->pid, SIGKILL);
         waitpid(p->pid, &st, __WALL);
         p->alive = 0;
+        close(p->pidfd);
+        p->pidfd = -1;
         if (us_failover(s, "was stopped for a planned failover") == 0)
             n = (size_t)snprintf(out, sizeof(out), "ok: primary pid %d replaced by pid %d\n",
                                  (int)old, (int)s->rep[s->primary].pid);

@@ -310,7 +310,7 @@ static void kill_keeper(struct us_proc *p)
     p->keeper_pidfd = -1;
 }
 
-static int pick_backup(struct us_supervisor *s)
+int us_pick_backup(struct us_supervisor *s)
 {
     int best = -1;
     uint64_t best_lag = UINT64_MAX;
@@ -338,7 +338,7 @@ int us_failover(struct us_supervisor *s, const char *why)
     __atomic_store_n(&s->log.hdr->replica[old].state, US_REPLICA_DEAD, __ATOMIC_RELEASE);
     complete_pending(s);
     for (;;) {
-        int b = pick_backup(s);
+        int b = us_pick_backup(s);
         if (b < 0) {
             us_say_sup(s, "the primary failed (%s) and no backup is left to take over", why);
             return -1;
@@ -423,7 +423,11 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
         return;
     }
     char why[64];
-    snprintf(why, sizeof(why), "was killed by signal %d", WTERMSIG(st));
+    if (s->primary_hung)
+        snprintf(why, sizeof(why), "hung");
+    else
+        snprintf(why, sizeof(why), "was killed by signal %d", WTERMSIG(st));
+    s->primary_hung = 0;
     if (us_failover(s, why) < 0) {
         s->exit_status = status_code(st);
         s->done = 1;
@@ -470,6 +474,7 @@ static void check_hang(struct us_supervisor *s)
         us_say_sup(s, "primary pid %d has been stopped for %d ms: declaring it hung",
                    (int)p->pid, s->opt.hang_timeout_ms);
         s->stopped_since_ms = 0;
+        s->primary_hung = 1;
         kill(p->pid, SIGKILL);
     }
 }

@@ -45,6 +45,7 @@ struct us_supervisor {
     int exit_status;
     int done;
     long stopped_since_ms;
+    int primary_hung;          /* the primary was killed for hanging */
     long last_failover_ms;
     char shim_path[4096];
 };
@@ -60,6 +61,8 @@ int us_default_control_path(char *buf, size_t cap);
 
 /* supervisor.c */
 int us_failover(struct us_supervisor *s, const char *why);
+/* The live backup least behind the primary, or -1. */
+int us_pick_backup(struct us_supervisor *s);
 void us_say_sup(struct us_supervisor *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long us_now_ms(void);
 uint64_t us_backup_lag(struct us_supervisor *s, int slot);
