@@ -275,21 +275,45 @@ long us_sock_read(struct us_thread *t, long nr, long *a)
     return r;
 }
 
+/*
+ * mmap: the primary logs the address it got; a backup maps at that very
+ * address (MAP_FIXED_NOREPLACE), so the address spaces stay identical, and a
+ * difference is caught here instead of surfacing later as an odd divergence.
+ */
+static const struct us_sysdesc d_mmap = {K_INPUT, -1, 1, 0, 0, 0};
 static long sp_mmap(struct us_thread *t, long nr, long *a)
 {
-    (void)t;
     if (!(a[3] & MAP_ANONYMOUS) && (int)a[4] >= 0) {
-        /* A file mapping that cannot write the file (locale data, a library) reads the
-         * same file in every replica (engine.c opens read-only files in the
-         * backups too). A shared or writable one would be a channel the log
-         * does not see. */
+        /* A file mapping that cannot write the file (locale data, a library)
+         * reads the same file in every replica (engine.c opens read-only files
+         * in the backups too). A writable shared one would be a channel the
+         * log does not see. */
         struct us_fd *f = us_fd_get(a[4]);
         if (!f || f->kind != US_FD_FILE || ((a[3] & MAP_SHARED) && (a[2] & PROT_WRITE)))
             us_fatal("mmap of fd %d (flags 0x%lx, prot 0x%lx) is not supported: only mappings "
-                     "that cannot write of regular files are replicated",
+                     "of regular files that cannot write them are replicated",
                      (int)a[4], (unsigned long)a[3], (unsigned long)a[2]);
     }
-    return us_raw(nr, a);
+    if (t->mode == US_MODE_RECORD)
+        return us_record(t, nr, a, &d_mmap);
+    struct us_event *ev = us_expect(t, nr, a, &d_mmap);
+    if (!ev) {
+        us_promote(t);
+        return us_record(t, nr, a, &d_mmap);
+    }
+    long want = ev->ret;
+    if (want < 0 && want > -4096) {
+        us_consume(t, ev);
+        return want; /* the primary's mmap failed: so does ours */
+    }
+    long b[6] = {want, a[1], a[2], a[3], a[4], a[5]};
+    if (!(a[3] & MAP_FIXED))
+        b[3] |= MAP_FIXED_NOREPLACE;
+    long r = us_raw(nr, b);
+    if (r != want)
+        us_diverged(t, ev, nr, a, "the address space differs from the primary's");
+    us_consume(t, ev);
+    return r;
 }
 
 static long sp_rt_sigaction(struct us_thread *t, long nr, long *a)

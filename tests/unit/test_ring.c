@@ -1193,7 +1193,7 @@ static void test_blocked_next_released_by_promote(void **state)
     assert_true(ok);
     STAYS(ok, !LOAD(&k.done), 150); /* waits for more */
     assert_true(ok);
-    publish_one(log, 0, 24); /* and is woken by a publish */
+    publish_one(log, 0, 24); /* and picks up a later publish (it naps, unwoken) */
     POLL_UNTIL(ok, LOAD(&k.verified) == 3 || LOAD(&k.failed), 5000);
     assert_false(k.failed);
     assert_true(ok);
@@ -1205,6 +1205,24 @@ static void test_blocked_next_released_by_promote(void **state)
     assert_true(k.got_null);
     assert_false(k.failed);
     assert_int_equal(k.verified, 3);
+}
+
+/* us_log_wake_all changes every ring's head_futex word, so that a backup
+ * napping on any ring with the old value returns at once. */
+static void test_wake_all_bumps_every_ring(void **state)
+{
+    struct fx *fx = *state;
+    struct us_log_header *h = fx->log.hdr;
+    uint32_t before[US_MAX_THREADS];
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        h->ring[r].head_futex = r * 7u;
+        before[r] = h->ring[r].head_futex;
+    }
+    us_log_wake_all(&fx->log);
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        assert_int_not_equal(h->ring[r].head_futex, before[r]);
+        assert_int_equal(h->ring[r].head, 0); /* nothing published by it */
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1411,6 +1429,7 @@ int main(void)
         T(test_next_drains_then_null_on_promote),
         T(test_next_promote_skips_pad_to_pending),
         T(test_blocked_next_released_by_promote),
+        T(test_wake_all_bumps_every_ring),
         T(test_cross_thread_100k),
         T(test_cross_thread_100k_small_lag),
         T(test_event_layout),
