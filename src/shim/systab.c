@@ -467,6 +467,9 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     PASS(SYS_exit), PASS(SYS_exit_group),
     PASS(SYS_getuid), PASS(SYS_geteuid), PASS(SYS_getgid), PASS(SYS_getegid),
     PASS(SYS_getgroups), PASS(SYS_getresuid), PASS(SYS_getresgid), PASS(SYS_capget),
+    /* dropping privileges: the same change of this process in every replica */
+    PASS(SYS_setgroups), PASS(SYS_setuid), PASS(SYS_setgid), PASS(SYS_setreuid),
+    PASS(SYS_setregid), PASS(SYS_setresuid), PASS(SYS_setresgid), PASS(SYS_capset),
     PASS(SYS_umask), PASS(SYS_chdir), PASS(SYS_fchdir), PASS(SYS_personality),
     PASS(SYS_getrlimit), PASS(SYS_setrlimit), PASS(SYS_prlimit64),
     PASS(SYS_getpriority), PASS(SYS_setpriority), PASS(SYS_sched_getparam),
