@@ -7,4 +7,4 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 us_install_deps
 us_build "$top"
 cd "$top/build"
-exec ctest --output-on-failure --timeout 300 "$@"
+exec ctest --output-on-failure --no-label-summary --timeout 300 "$@"
