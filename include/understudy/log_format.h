@@ -115,8 +115,9 @@ _Static_assert(sizeof(struct us_recv_slot) == 208, "us_recv_slot layout");
 struct us_ring_consumer {
     _Alignas(US_CACHELINE) uint64_t tail; /* bytes consumed */
     uint64_t seq;                         /* events consumed */
-    uint32_t reserved;
-    uint32_t pad;
+    uint64_t seen_head;                   /* consumer's copy of the head: it
+                                             reads the producer's line only
+                                             when it has used this up */
 };
 
 /* Control block of one ring. */
@@ -127,6 +128,11 @@ struct us_ring_ctl {
     uint32_t producer_waiting;            /* producer sleeps on tail_futex */
     uint32_t tail_futex;                  /* bumped by consumers when producer waits */
     uint32_t in_use;                      /* logical thread exists */
+    _Alignas(US_CACHELINE) uint64_t room_tail; /* producer's copy of the slowest
+                                                  live consumer's position... */
+    uint64_t room_seq;                    /* ...and event count: it reads the
+                                             consumers' lines only when these
+                                             say the ring may be full */
     _Alignas(US_CACHELINE) uint64_t pending; /* offset (in bytes, like head) of
                                                 a reserved record, or US_NO_PENDING */
     struct us_ring_consumer consumer[US_MAX_REPLICAS];

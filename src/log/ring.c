@@ -58,7 +58,8 @@ int us_log_check(const struct us_log *log)
     const struct us_log_header *h = log->hdr;
     if (log->size < US_LOG_HEADER_SIZE || h->magic != US_LOG_MAGIC ||
         h->version != US_LOG_VERSION || h->header_size != US_LOG_HEADER_SIZE ||
-        h->ring_size < 65536 || (h->ring_size & (h->ring_size - 1)) ||
+        h->ring_size < 65536 || h->ring_size > log->size ||
+        (h->ring_size & (h->ring_size - 1)) ||
         h->total_size != us_log_total_size(h->ring_size) || h->total_size > log->size ||
         h->nreplicas == 0 || h->nreplicas > US_MAX_REPLICAS)
         return -71; /* -EPROTO */
@@ -75,31 +76,53 @@ static int consumer_live(const struct us_log_header *h, unsigned s)
             state == US_REPLICA_PROMOTING);
 }
 
-/* Waits until `need` bytes fit at the head and no live consumer lags too far. */
+/* Refreshes the producer's copy of the slowest live consumer's position and
+ * says whether `need` bytes fit and no consumer lags too far. */
+static int room_now(struct us_log *log, unsigned ring, unsigned self, uint64_t need)
+{
+    struct us_log_header *h = log->hdr;
+    struct us_ring_ctl *c = &h->ring[ring];
+    uint64_t min_tail = c->head, min_seq = c->head_seq;
+    for (unsigned s = 0; s < h->nreplicas; s++) {
+        if (s == self || !consumer_live(h, s))
+            continue;
+        uint64_t tail = __atomic_load_n(&c->consumer[s].tail, __ATOMIC_SEQ_CST);
+        uint64_t cseq = __atomic_load_n(&c->consumer[s].seq, __ATOMIC_ACQUIRE);
+        if (tail < min_tail)
+            min_tail = tail;
+        if (cseq < min_seq)
+            min_seq = cseq;
+    }
+    c->room_tail = min_tail;
+    c->room_seq = min_seq;
+    return c->head + need - min_tail <= h->ring_size && c->head_seq - min_seq < h->max_lag_events;
+}
+
+/*
+ * Waits until `need` bytes fit at the head and no live consumer lags too far.
+ * The fast path reads only the producer's own copy of the slowest consumer's
+ * position; the consumers' cache lines are read when that copy says the ring
+ * may be full, so producer and consumers do not bounce lines on every event.
+ */
 static void wait_for_room(struct us_log *log, unsigned ring, unsigned self, uint64_t need)
 {
     struct us_log_header *h = log->hdr;
     struct us_ring_ctl *c = &h->ring[ring];
-    uint64_t head = c->head, seq = c->head_seq;
-    for (unsigned spins = 0;; spins++) {
-        int ok = 1;
-        for (unsigned s = 0; s < h->nreplicas && ok; s++) {
-            if (s == self || !consumer_live(h, s))
-                continue;
-            uint64_t tail = __atomic_load_n(&c->consumer[s].tail, __ATOMIC_ACQUIRE);
-            uint64_t cseq = __atomic_load_n(&c->consumer[s].seq, __ATOMIC_ACQUIRE);
-            if (head + need - tail > h->ring_size || seq - cseq >= h->max_lag_events)
-                ok = 0;
-        }
-        if (ok)
-            return;
+    if (c->head + need - c->room_tail <= h->ring_size &&
+        c->head_seq - c->room_seq < h->max_lag_events)
+        return;
+    for (unsigned spins = 0; !room_now(log, ring, self, need); spins++) {
         if (spins < SPIN_ROUNDS) {
             cpu_relax();
             continue;
         }
-        uint32_t v = __atomic_load_n(&c->tail_futex, __ATOMIC_ACQUIRE);
+        /* Announce the wait, then look once more before sleeping: a consumer
+         * stores its tail, then reads producer_waiting (both seq_cst), so
+         * either it sees us waiting and bumps tail_futex, or we see its tail. */
+        uint32_t v = __atomic_load_n(&c->tail_futex, __ATOMIC_SEQ_CST);
         __atomic_store_n(&c->producer_waiting, 1, __ATOMIC_SEQ_CST);
-        futex_wait(&c->tail_futex, v, 1000000); /* re-check replica states every ms */
+        if (!room_now(log, ring, self, need))
+            futex_wait(&c->tail_futex, v, 1000000); /* re-check replica states every ms */
         __atomic_store_n(&c->producer_waiting, 0, __ATOMIC_RELAXED);
     }
 }
@@ -143,9 +166,11 @@ struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot)
     struct us_ring_ctl *c = &log->hdr->ring[ring];
     struct us_ring_consumer *me = &c->consumer[slot];
     for (;;) {
-        uint64_t head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
-        if (me->tail == head)
-            return NULL;
+        if (me->tail == me->seen_head) {
+            me->seen_head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
+            if (me->tail == me->seen_head)
+                return NULL;
+        }
         struct us_event *ev = us_ring_at(log, ring, me->tail);
         if (ev->type != US_EV_PAD)
             return ev;
@@ -187,7 +212,7 @@ void us_ring_consume(struct us_log *log, unsigned ring, unsigned slot, const str
     struct us_ring_ctl *c = &log->hdr->ring[ring];
     struct us_ring_consumer *me = &c->consumer[slot];
     __atomic_store_n(&me->seq, me->seq + 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&me->tail, me->tail + ev->size, __ATOMIC_RELEASE);
+    __atomic_store_n(&me->tail, me->tail + ev->size, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&c->producer_waiting, __ATOMIC_SEQ_CST)) {
         __atomic_fetch_add(&c->tail_futex, 1, __ATOMIC_SEQ_CST);
         futex_wake(&c->tail_futex);

@@ -338,6 +338,7 @@ struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const st
             struct timespec ts = {0, 1000000};
             US_SYSCALL2(SYS_nanosleep, &ts, 0);
         }
+        c->consumer[us_slot].seen_head = c->head;
         __atomic_store_n(&c->consumer[us_slot].tail, c->head, __ATOMIC_RELEASE);
         return NULL;
     }

@@ -575,11 +575,9 @@ static void test_check_rejects_inconsistent_sizes(void **state)
     assert_int_equal(us_log_check(&fx->log), EPROTO_NEG);
 }
 
-#ifdef US_UNIT_KNOWN_BUGS
-/* us_log_total_size(ring_size) is computed in uint64_t without an overflow
- * check, so a header with ring_size = 2^58 wraps total_size to exactly
- * US_LOG_HEADER_SIZE and passes us_log_check against a mapping of 64 KiB:
- * ring addresses then point 2^58 bytes beyond the mapping. */
+/* us_log_total_size(ring_size) computed in uint64_t would wrap for
+ * ring_size = 2^58 to exactly US_LOG_HEADER_SIZE and pass against a mapping
+ * of 64 KiB, ring addresses pointing 2^58 bytes beyond it: refused. */
 static void test_check_rejects_ring_size_overflow(void **state)
 {
     struct fx *fx = *state;
@@ -589,7 +587,6 @@ static void test_check_rejects_ring_size_overflow(void **state)
     fx->log.size = fx->map_size;
     assert_int_equal(us_log_check(&fx->log), EPROTO_NEG);
 }
-#endif
 
 /* ------------------------------------------------------------------ */
 /* one producer, one consumer, single-threaded                          */
@@ -1402,9 +1399,7 @@ int main(void)
         T(test_check_rejects_bad_nreplicas),
         T(test_check_rejects_short_mapping),
         T(test_check_rejects_inconsistent_sizes),
-#ifdef US_UNIT_KNOWN_BUGS
         T(test_check_rejects_ring_size_overflow),
-#endif
         T(test_spsc_order_and_contents),
         T(test_first_seq_is_one_and_sizes_aligned),
         T(test_publish_shorter_than_reserved),
