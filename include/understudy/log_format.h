@@ -76,8 +76,10 @@ struct us_event {
     int64_t ret;        /* the result the program saw (-errno on failure) */
     uint64_t aux;       /* per-call extra: file offset after a file op */
     uint64_t seq;       /* event number in this ring, from 1 */
+    uint64_t digest;    /* outputs: XXH3-64 of the bytes written, which the
+                           backups compare with what they would have written */
 };
-_Static_assert(sizeof(struct us_event) == 48, "us_event layout");
+_Static_assert(sizeof(struct us_event) == 56, "us_event layout");
 
 struct us_blob {
     uint32_t len;

@@ -17,9 +17,14 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "syscall_names.h"
+
+/* xxHash (Debian libxxhash-dev) compiled in: no library state, no malloc. */
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 const char *us_sysname(long nr)
 {
@@ -182,6 +187,44 @@ static long output_with_skip(long nr, long *a, struct us_fd *f)
              us_sysname(nr), (long)f->skip);
 }
 
+/*
+ * The digest of what an output call wrote (its first `ret` bytes): the
+ * primary logs it, a backup compares it with what it would have written.
+ * Returns 0 for calls whose bytes are not in memory (sendfile, shutdown...).
+ */
+static int output_digest(long nr, const long *a, long ret, uint64_t *digest)
+{
+    const struct iovec *iov;
+    long cnt;
+    switch (nr) {
+    case SYS_write:
+    case SYS_pwrite64:
+    case SYS_sendto:
+        *digest = XXH3_64bits((const void *)a[1], ret > 0 ? (size_t)ret : 0);
+        return 1;
+    case SYS_writev:
+    case SYS_pwritev:
+        iov = (const struct iovec *)a[1];
+        cnt = a[2];
+        break;
+    case SYS_sendmsg:
+        iov = ((const struct msghdr *)a[1])->msg_iov;
+        cnt = (long)((const struct msghdr *)a[1])->msg_iovlen;
+        break;
+    default:
+        return 0;
+    }
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    for (long i = 0, left = ret; i < cnt && left > 0; i++) {
+        size_t len = iov[i].iov_len < (size_t)left ? iov[i].iov_len : (size_t)left;
+        XXH3_64bits_update(&st, iov[i].iov_base, len);
+        left -= (long)len;
+    }
+    *digest = XXH3_64bits_digest(&st);
+    return 1;
+}
+
 /* Payload size of the blobs for these spans. */
 static uint32_t blobs_size(const struct us_span *sp, int n)
 {
@@ -300,6 +343,8 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     ev->check = d->size_arg >= 0 ? (uint64_t)a[d->size_arg] : 0;
     ev->ret = r;
     ev->aux = aux;
+    if (d->kind == K_OUTPUT)
+        output_digest(nr, a, r, &ev->digest);
     blobs_write((uint8_t *)(ev + 1), sp, n);
     track_fds(nr, a, r, d, ev);
     us_publish_call(t, ev, payload);
@@ -428,7 +473,12 @@ long us_replay(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
         f->sent_base = (int64_t)ev->aux;
         f->base_known = 1;
     }
+    uint64_t digest;
     switch (d->kind) {
+    case K_OUTPUT:
+        if (output_digest(nr, a, r, &digest) && digest != ev->digest)
+            us_diverged(t, ev, nr, a, "it would have written other bytes");
+        break;
     case K_FDNEW: {
         int newfd[2];
         int nnew = new_fds(nr, a, r, newfd);

@@ -396,7 +396,9 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
     p->pidfd = -1;
     uint32_t state = s->log.hdr->replica[slot].state;
     if (slot != s->primary && s->done) {
-        if (status_code(st) != s->exit_status)
+        if (state == US_REPLICA_RETIRED)
+            us_say_sup(s, "backup pid %d retired: it diverged from the primary", (int)p->pid);
+        else if (status_code(st) != s->exit_status)
             us_say_sup(s, "backup pid %d ended with status %d, the primary with %d: they diverged",
                        (int)p->pid, status_code(st), s->exit_status);
         return;
@@ -408,7 +410,7 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
                        (int)p->pid, WIFSIGNALED(st) ? "signal" : "status",
                        WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
         else if (state == US_REPLICA_RETIRED)
-            us_say_sup(s, "backup pid %d retired", (int)p->pid);
+            us_say_sup(s, "backup pid %d retired: it diverged from the primary", (int)p->pid);
         return;
     }
     if (state == US_REPLICA_RETIRED) {

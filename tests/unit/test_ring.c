@@ -27,6 +27,8 @@
 
 #include "ring.h"
 
+#define EVSZ ((unsigned)sizeof(struct us_event))
+
 #define RING 65536u
 #define NSLOTS 3u
 #define BIG_LAG (UINT64_C(1) << 40)
@@ -755,7 +757,7 @@ static void test_wrap_many_records_small_ring(void **state)
     assert_true(pads >= 10);
 }
 
-/* Eight records of 8048 bytes leave 1152 at the end; a 2048-byte record
+/* Eight records of 8000 + EVSZ bytes leave about 1 KiB at the end; a 2048-byte record
  * then goes to offset 0 behind a pad that peek and next skip. */
 static void test_pad_written_and_skipped(void **state)
 {
@@ -771,13 +773,13 @@ static void test_pad_written_and_skipped(void **state)
             us_ring_consume(log, 0, slot, ev);
         }
     }
-    assert_int_equal(c->head, 8u * 8048u);
+    assert_int_equal(c->head, 8u * (8000u + EVSZ));
     struct us_event *ev = publish_one(log, 0, 2000);
     assert_ptr_equal(ev, us_ring_data(log, 0));
-    assert_int_equal(c->head, RING + 2048u);
-    struct us_event *pad = us_ring_at(log, 0, 8u * 8048u);
+    assert_int_equal(c->head, RING + 2000u + EVSZ);
+    struct us_event *pad = us_ring_at(log, 0, 8u * (8000u + EVSZ));
     assert_int_equal(pad->type, US_EV_PAD);
-    assert_int_equal(pad->size, RING - 8u * 8048u);
+    assert_int_equal(pad->size, RING - 8u * (8000u + EVSZ));
     assert_int_equal(c->head_seq, 9); /* pads are not events */
 
     struct us_event *p = us_ring_peek(log, 0, 1);
@@ -788,7 +790,7 @@ static void test_pad_written_and_skipped(void **state)
     assert_ptr_equal(us_ring_next(log, 0, 1), ev);
     ASSERT_RECORD(log, 0, ev, 9, 2000);
     /* the other backup still stands before the pad: next skips it too */
-    assert_int_equal(c->consumer[2].tail, 8u * 8048u);
+    assert_int_equal(c->consumer[2].tail, 8u * (8000u + EVSZ));
     assert_ptr_equal(us_ring_next(log, 0, 2), ev);
     us_ring_consume(log, 0, 1, ev);
     us_ring_consume(log, 0, 2, ev);
@@ -861,7 +863,7 @@ static void test_backpressure_ring_full(void **state)
     struct us_log *log = &fx->log;
     struct us_ring_ctl *c = &log->hdr->ring[0];
     int ok;
-    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 20, .ls = {.fixed = 4048}};
+    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 20, .ls = {.fixed = 4096 - EVSZ}};
     int t = start_thread(fx, producer_main, &p);
     POLL_UNTIL(ok, LOAD(&p.published) == 16 && LOAD(&p.attempted) == 17, 5000);
     assert_true(ok);
@@ -869,17 +871,17 @@ static void test_backpressure_ring_full(void **state)
     assert_true(ok);
     /* nothing unconsumed was overwritten */
     for (uint64_t s = 1; s <= 16; s++)
-        ASSERT_RECORD(log, 0, us_ring_at(log, 0, (s - 1) * 4096u), s, 4048);
+        ASSERT_RECORD(log, 0, us_ring_at(log, 0, (s - 1) * 4096u), s, 4096 - EVSZ);
 
     struct us_event *ev = us_ring_next(log, 0, 1);
-    ASSERT_RECORD(log, 0, ev, 1, 4048);
+    ASSERT_RECORD(log, 0, ev, 1, 4096 - EVSZ);
     us_ring_consume(log, 0, 1, ev);
     POLL_UNTIL(ok, LOAD(&p.published) == 17 && LOAD(&p.attempted) == 18, 5000);
     assert_true(ok);
     STAYS(ok, LOAD(&p.published) == 17, 100);
     assert_true(ok);
     for (uint64_t s = 2; s <= 17; s++)
-        ASSERT_RECORD(log, 0, us_ring_at(log, 0, (s - 1) * 4096u), s, 4048);
+        ASSERT_RECORD(log, 0, us_ring_at(log, 0, (s - 1) * 4096u), s, 4096 - EVSZ);
 
     unsigned slot = 1;
     uint64_t next = 2;
@@ -897,13 +899,13 @@ static void test_backpressure_pad_needs_room(void **state)
     struct fx *fx = *state;
     struct us_log *log = &fx->log;
     struct us_ring_ctl *c = &log->hdr->ring[0];
-    const struct lenspec ls = {.fixed = 976, .big_every = 64, .big_len = 2000};
+    const struct lenspec ls = {.fixed = 1024 - EVSZ, .big_every = 64, .big_len = 2048 - EVSZ};
     int ok;
     for (uint64_t s = 1; s <= 63; s++)
         publish_one(log, 0, rec_len(&ls, s));
     assert_int_equal(c->head, 63u * 1024u);
     struct us_event *ev = us_ring_next(log, 0, 1);
-    ASSERT_RECORD(log, 0, ev, 1, 976);
+    ASSERT_RECORD(log, 0, ev, 1, 1024 - EVSZ);
     us_ring_consume(log, 0, 1, ev);
 
     struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 1, .ls = ls};
@@ -912,10 +914,10 @@ static void test_backpressure_pad_needs_room(void **state)
     assert_true(ok);
     STAYS(ok, LOAD(&p.published) == 0 && LOAD(&c->head) == 63u * 1024u, 200);
     assert_true(ok);
-    ASSERT_RECORD(log, 0, us_ring_at(log, 0, 1024), 2, 976);
+    ASSERT_RECORD(log, 0, us_ring_at(log, 0, 1024), 2, 1024 - EVSZ);
 
     ev = us_ring_next(log, 0, 1);
-    ASSERT_RECORD(log, 0, ev, 2, 976);
+    ASSERT_RECORD(log, 0, ev, 2, 1024 - EVSZ);
     us_ring_consume(log, 0, 1, ev);
     POLL_UNTIL(ok, LOAD(&p.done), 5000);
     assert_true(ok);
@@ -948,7 +950,7 @@ static void test_backpressure_max_lag(void **state)
     assert_true(ok);
     STAYS(ok, LOAD(&p.published) == 5, 200);
     assert_true(ok);
-    assert_int_equal(LOAD(&c->head), 5u * 56u);
+    assert_int_equal(LOAD(&c->head), 5u * (8u + EVSZ));
 
     struct us_event *ev = us_ring_next(log, 0, 1);
     ASSERT_RECORD(log, 0, ev, 1, 8);
@@ -972,7 +974,7 @@ static void test_backpressure_slowest_consumer(void **state)
     struct us_log *log = &fx->log;
     int ok;
     enable_backup2(fx);
-    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 24, .ls = {.fixed = 4048}};
+    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 24, .ls = {.fixed = 4096 - EVSZ}};
     int t = start_thread(fx, producer_main, &p);
     unsigned s1 = 1;
     uint64_t next1 = 1;
@@ -984,7 +986,7 @@ static void test_backpressure_slowest_consumer(void **state)
     assert_null(us_ring_peek(log, 0, 1));
 
     struct us_event *ev = us_ring_next(log, 0, 2);
-    ASSERT_RECORD(log, 0, ev, 1, 4048);
+    ASSERT_RECORD(log, 0, ev, 1, 4096 - EVSZ);
     us_ring_consume(log, 0, 2, ev);
     POLL_UNTIL(ok, LOAD(&p.published) == 17, 5000);
     assert_true(ok);
@@ -1007,7 +1009,7 @@ static void test_inactive_consumer_does_not_block(void **state)
     log->hdr->max_lag_events = 5;
     log->hdr->replica[1].state = (uint32_t)fx->param;
     log->hdr->replica[2].state = (uint32_t)fx->param;
-    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 200, .ls = {.fixed = 4048}};
+    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 200, .ls = {.fixed = 4096 - EVSZ}};
     int t = start_thread(fx, producer_main, &p);
     POLL_UNTIL(ok, LOAD(&p.done), 5000);
     assert_true(ok);
@@ -1026,7 +1028,7 @@ static void test_consumer_death_releases_producer(void **state)
     log->hdr->max_lag_events = 5;
     log->hdr->replica[2].role = US_ROLE_NONE;
     log->hdr->replica[2].state = US_REPLICA_UNUSED;
-    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 50, .ls = {.fixed = 4048}};
+    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 50, .ls = {.fixed = 4096 - EVSZ}};
     int t = start_thread(fx, producer_main, &p);
     POLL_UNTIL(ok, LOAD(&p.published) == 5 && LOAD(&p.attempted) == 6, 5000);
     assert_true(ok);
@@ -1048,7 +1050,7 @@ static void test_producer_ignores_own_slot(void **state)
     log->hdr->max_lag_events = 5;
     log->hdr->replica[2].role = US_ROLE_NONE;
     log->hdr->replica[2].state = US_REPLICA_UNUSED;
-    struct producer p = {.fx = fx, .ring = 0, .self = 1, .count = 100, .ls = {.fixed = 4048}};
+    struct producer p = {.fx = fx, .ring = 0, .self = 1, .count = 100, .ls = {.fixed = 4096 - EVSZ}};
     int t = start_thread(fx, producer_main, &p);
     POLL_UNTIL(ok, LOAD(&p.done), 5000);
     assert_true(ok);
@@ -1267,7 +1269,7 @@ static void test_cross_thread_100k_small_lag(void **state)
 static void test_event_layout(void **state)
 {
     (void)state;
-    assert_int_equal(sizeof(struct us_event), 48);
+    assert_int_equal(sizeof(struct us_event), 56);
     assert_int_equal(offsetof(struct us_event, size), 0);
     assert_int_equal(offsetof(struct us_event, type), 4);
     assert_int_equal(offsetof(struct us_event, flags), 6);
@@ -1277,6 +1279,7 @@ static void test_event_layout(void **state)
     assert_int_equal(offsetof(struct us_event, ret), 24);
     assert_int_equal(offsetof(struct us_event, aux), 32);
     assert_int_equal(offsetof(struct us_event, seq), 40);
+    assert_int_equal(offsetof(struct us_event, digest), 48);
     assert_int_equal(sizeof(struct us_event) % 8, 0);
     assert_int_equal(sizeof(struct us_blob), 8);
     assert_int_equal(offsetof(struct us_blob, len), 0);
