@@ -17,6 +17,8 @@ static void usage(FILE *f)
             "                      [--max-lag EVENTS] [--control PATH] [--quiet] -- PROGRAM [ARGS...]\n"
             "       understudy status [--json] [--control PATH]\n"
             "       understudy failover [--control PATH]\n"
+            "       understudy inject [--control PATH] --replica primary|backup|SLOT\n"
+            "                         crash|hang|bitflip [--address HEX]\n"
             "\n"
             "Runs PROGRAM as a primary and backup replicas that replay its log, and keeps it\n"
             "serving its clients when the primary fails. See docs/cli.md.\n");
@@ -181,18 +183,30 @@ static int cmd_run(int argc, char **argv)
 
 static int cmd_client(const char *cmd, int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL, *replica = NULL, *fault = NULL, *address = "";
     int json = 0;
-    char def[108];
+    char def[108], req[128];
+    int inject = strcmp(cmd, "inject") == 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0 && strcmp(cmd, "status") == 0)
             json = 1;
         else if (strcmp(argv[i], "--control") == 0 && i + 1 < argc)
             path = argv[++i];
+        else if (inject && strcmp(argv[i], "--replica") == 0 && i + 1 < argc)
+            replica = argv[++i];
+        else if (inject && strcmp(argv[i], "--address") == 0 && i + 1 < argc)
+            address = argv[++i];
+        else if (inject && !fault && argv[i][0] != '-')
+            fault = argv[i];
         else {
             fprintf(stderr, "understudy: unknown option '%s' for %s\n", argv[i], cmd);
             return 2;
         }
+    }
+    if (inject && (!replica || !fault)) {
+        fprintf(stderr, "understudy: inject needs --replica primary|backup|SLOT and a fault "
+                        "(crash, hang, bitflip)\n");
+        return 2;
     }
     if (!path) {
         if (us_default_control_path(def, sizeof(def)) < 0) {
@@ -202,7 +216,10 @@ static int cmd_client(const char *cmd, int argc, char **argv)
         path = def;
     }
     char reply[8192];
-    const char *req = strcmp(cmd, "status") == 0 ? (json ? "status json" : "status") : "failover";
+    if (inject)
+        snprintf(req, sizeof(req), "inject %.20s %.20s %.30s", replica, fault, address);
+    else
+        snprintf(req, sizeof(req), "%s", strcmp(cmd, "status") == 0 ? (json ? "status json" : "status") : "failover");
     if (us_control_request(path, req, reply, sizeof(reply)) < 0)
         return 1;
     fputs(reply, stdout);
@@ -217,7 +234,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "run") == 0)
         return cmd_run(argc - 2, argv + 2);
-    if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "failover") == 0)
+    if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "failover") == 0 ||
+        strcmp(argv[1], "inject") == 0)
         return cmd_client(argv[1], argc - 2, argv + 2);
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         usage(stdout);

@@ -67,6 +67,8 @@ static int ctl_recv(struct us_msg *m, int *fds)
 
 static void settle_fd(int fd, struct us_fd *f)
 {
+    if (f->inherited)
+        return;
     if (f->kind == US_FD_SOCKET) {
         int64_t total = us_tcp_sent_total(fd);
         if (total < 0)

@@ -104,6 +104,7 @@ __attribute__((constructor(101))) static void us_init(void)
     us_fds[ctl_fd].kind = US_FD_SHIM;
     for (int fd = 0; fd < 3; fd++) {
         us_fds[fd].kind = (uint8_t)kind_of_inherited(fd);
+        us_fds[fd].inherited = 1;
         us_fds[fd].fpos = -1;
     }
 

@@ -61,6 +61,9 @@ enum us_fd_kind {
 struct us_fd {
     uint8_t kind;
     uint8_t base_known;  /* sent_base measured */
+    uint8_t inherited;   /* open before the program started (stdin/out/err):
+                            shared with others, so failover leaves its
+                            offset alone */
     int64_t written;     /* bytes the program wrote to it (successful outputs) */
     int64_t sent_base;   /* TCP: kernel's sent count before the first write */
     int64_t fpos;        /* file: offset after the last logged op, -1 unknown */

@@ -155,7 +155,7 @@ void us_control_serve(struct us_supervisor *s)
         return;
     struct ucred cred;
     socklen_t len = sizeof(cred);
-    char req[64] = {0}, out[8192];
+    char req[128] = {0}, out[8192];
     size_t n = 0;
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
         (cred.uid != getuid() && cred.uid != 0)) {
@@ -172,6 +172,8 @@ void us_control_serve(struct us_supervisor *s)
         n = status_json(s, out, sizeof(out));
     } else if (strcmp(req, "status") == 0) {
         n = status_text(s, out, sizeof(out));
+    } else if (strncmp(req, "inject ", 7) == 0) {
+        n = us_inject(s, req + 7, out, sizeof(out));
     } else if (strcmp(req, "failover") == 0 && us_pick_backup(s) < 0) {
         n = (size_t)snprintf(out, sizeof(out),
                              "error: no backup is running: a failover now would stop the service\n");

@@ -397,7 +397,7 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
     uint32_t state = s->log.hdr->replica[slot].state;
     if (slot != s->primary && s->done) {
         if (state == US_REPLICA_RETIRED)
-            us_say_sup(s, "backup pid %d retired: it diverged from the primary", (int)p->pid);
+            us_say_sup(s, "backup pid %d retired (see above)", (int)p->pid);
         else if (status_code(st) != s->exit_status)
             us_say_sup(s, "backup pid %d ended with status %d, the primary with %d: they diverged",
                        (int)p->pid, status_code(st), s->exit_status);
@@ -410,7 +410,7 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
                        (int)p->pid, WIFSIGNALED(st) ? "signal" : "status",
                        WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
         else if (state == US_REPLICA_RETIRED)
-            us_say_sup(s, "backup pid %d retired: it diverged from the primary", (int)p->pid);
+            us_say_sup(s, "backup pid %d retired (see above)", (int)p->pid);
         return;
     }
     if (state == US_REPLICA_RETIRED) {
@@ -447,36 +447,50 @@ static void reap(struct us_supervisor *s)
     }
 }
 
-/* A primary that is stopped (SIGSTOP, a debugger) for too long is hung. */
-static void check_hang(struct us_supervisor *s)
+/* A replica stopped (SIGSTOP, a debugger, a frozen core) for longer than
+ * --hang-timeout is hung: killed, and for the primary, failed over. A hung
+ * backup must go too: it would hold the primary back (back-pressure). */
+static char proc_state(pid_t pid)
 {
-    struct us_proc *p = &s->rep[s->primary];
-    if (!p->alive)
-        return;
     char path[64], buf[256];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return;
+        return '?';
     ssize_t n = read(fd, buf, sizeof(buf) - 1);
     close(fd);
     if (n <= 0)
-        return;
+        return '?';
     buf[n] = '\0';
     char *rp = strrchr(buf, ')');
-    char state = rp && rp[1] == ' ' ? rp[2] : '?';
-    if (state != 'T' && state != 't') {
-        s->stopped_since_ms = 0;
-        return;
-    }
+    return rp && rp[1] == ' ' ? rp[2] : '?';
+}
+
+static void check_hang(struct us_supervisor *s)
+{
     long now = us_now_ms();
-    if (!s->stopped_since_ms)
-        s->stopped_since_ms = now;
-    else if (now - s->stopped_since_ms >= s->opt.hang_timeout_ms) {
-        us_say_sup(s, "primary pid %d has been stopped for %d ms: declaring it hung",
-                   (int)p->pid, s->opt.hang_timeout_ms);
-        s->stopped_since_ms = 0;
-        s->primary_hung = 1;
+    for (int i = 0; i < s->opt.replicas; i++) {
+        struct us_proc *p = &s->rep[i];
+        if (!p->alive)
+            continue;
+        char state = proc_state(p->pid);
+        if (state != 'T' && state != 't') {
+            p->stopped_since_ms = 0;
+            continue;
+        }
+        if (!p->stopped_since_ms) {
+            p->stopped_since_ms = now;
+            continue;
+        }
+        if (now - p->stopped_since_ms < s->opt.hang_timeout_ms)
+            continue;
+        us_say_sup(s, "%s pid %d has been stopped for %d ms: declaring it hung",
+                   i == s->primary ? "primary" : "backup", (int)p->pid, s->opt.hang_timeout_ms);
+        p->stopped_since_ms = 0;
+        if (i == s->primary)
+            s->primary_hung = 1;
+        else
+            __atomic_store_n(&s->log.hdr->replica[i].state, US_REPLICA_RETIRED, __ATOMIC_RELEASE);
         kill(p->pid, SIGKILL);
     }
 }

@@ -30,6 +30,7 @@ struct us_proc {
     int alive;
     pid_t keeper;              /* primary only */
     int keeper_pidfd;
+    long stopped_since_ms;     /* seen stopped since (hang detection) */
 };
 
 struct us_supervisor {
@@ -44,7 +45,6 @@ struct us_supervisor {
     int shutting_down;
     int exit_status;
     int done;
-    long stopped_since_ms;
     int primary_hung;          /* the primary was killed for hanging */
     long last_failover_ms;
     char shim_path[4096];
@@ -58,6 +58,9 @@ void us_control_serve(struct us_supervisor *s);
 void us_control_close(struct us_supervisor *s);
 int us_control_request(const char *path, const char *request, char *reply, size_t cap);
 int us_default_control_path(char *buf, size_t cap);
+
+/* inject.c */
+size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t cap);
 
 /* supervisor.c */
 int us_failover(struct us_supervisor *s, const char *why);
