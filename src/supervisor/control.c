@@ -186,7 +186,7 @@ void us_control_serve(struct us_supervisor *s)
         p->alive = 0;
         close(p->pidfd);
         p->pidfd = -1;
-        if (us_failover(s, "was stopped for a planned failover") == 0)
+        if (us_failover(s, "was stopped for a planned failover", 0) == 0)
             n = (size_t)snprintf(out, sizeof(out), "ok: primary pid %d replaced by pid %d\n",
                                  (int)old, (int)s->rep[s->primary].pid);
         else {

@@ -330,7 +330,7 @@ int us_pick_backup(struct us_supervisor *s)
 }
 
 /* The primary is dead (reaped). Promote a backup; -1 if none could take over. */
-int us_failover(struct us_supervisor *s, const char *why)
+int us_failover(struct us_supervisor *s, const char *why, int death_signal)
 {
     long t0 = us_now_ms();
     int old = s->primary;
@@ -346,6 +346,23 @@ int us_failover(struct us_supervisor *s, const char *why)
         __atomic_store_n(&s->log.hdr->replica[b].promote, 1, __ATOMIC_RELEASE);
         us_log_wake_all(&s->log);
         int n = transfer_fds(s, b, op->keeper_pidfd, op->keeper);
+        int st;
+        if (n < 0 && death_signal && s->rep[b].pidfd >= 0 &&
+            poll(&(struct pollfd){s->rep[b].pidfd, POLLIN, 0}, 1, 100) == 1 &&
+            waitpid(s->rep[b].pid, &st, __WALL) == s->rep[b].pid) {
+            s->rep[b].alive = 0;
+            close(s->rep[b].pidfd);
+            s->rep[b].pidfd = -1;
+            if (WIFSIGNALED(st) && WTERMSIG(st) == death_signal) {
+                /* Replaying the same log, the backup died the same way: the
+                 * program's own bug, which every replica would repeat. */
+                us_say_sup(s, "deterministic crash: the backup (pid %d) died of signal %d "
+                              "replaying the primary's log, as the primary did: this is the "
+                              "program's bug, not a fault of the machine; not failing over",
+                           (int)s->rep[b].pid, death_signal);
+                return -2;
+            }
+        }
         if (n < 0) {
             us_say_sup(s, "backup %d (pid %d) failed to take over; trying another", b,
                        (int)s->rep[b].pid);
@@ -430,7 +447,7 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
     else
         snprintf(why, sizeof(why), "was killed by signal %d", WTERMSIG(st));
     s->primary_hung = 0;
-    if (us_failover(s, why) < 0) {
+    if (us_failover(s, why, WIFSIGNALED(st) ? WTERMSIG(st) : 0) < 0) {
         s->exit_status = status_code(st);
         s->done = 1;
     }

@@ -63,7 +63,9 @@ int us_default_control_path(char *buf, size_t cap);
 size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t cap);
 
 /* supervisor.c */
-int us_failover(struct us_supervisor *s, const char *why);
+/* -1: no backup could take over; -2: the backup died as the primary did
+ * (death_signal) replaying its log: a deterministic crash. */
+int us_failover(struct us_supervisor *s, const char *why, int death_signal);
 /* The live backup least behind the primary, or -1. */
 int us_pick_backup(struct us_supervisor *s);
 void us_say_sup(struct us_supervisor *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
