@@ -101,6 +101,7 @@ __attribute__((constructor(101))) static void us_init(void)
 
     us_slot = (unsigned)slot;
     us_ctl_fd = (int)ctl_fd;
+    US_SYSCALL3(SYS_fcntl, ctl_fd, F_SETFD, FD_CLOEXEC); /* not for the program's children */
     us_fds[ctl_fd].kind = US_FD_SHIM;
     for (int fd = 0; fd < 3; fd++) {
         us_fds[fd].kind = (uint8_t)kind_of_inherited(fd);

@@ -91,6 +91,7 @@ void us_fork_done(long r)
             us_threads[i].mode = US_MODE_OFF;
         us_active = 0;
         US_SYSCALL2(SYS_munmap, us_log_.base, us_log_.size);
+        US_SYSCALL1(SYS_close, us_ctl_fd);
         return;
     }
     struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
