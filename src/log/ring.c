@@ -171,6 +171,8 @@ struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot)
             if (me->tail == me->seen_head)
                 return NULL;
         }
+        if (us_event_check(log, ring, me->tail, me->seen_head) < 0)
+            return US_RING_CORRUPT;
         struct us_event *ev = us_ring_at(log, ring, me->tail);
         if (ev->type != US_EV_PAD)
             return ev;
@@ -193,7 +195,7 @@ struct us_event *us_ring_next(struct us_log *log, unsigned ring, unsigned slot)
     for (unsigned spins = 0;; spins++) {
         struct us_event *ev = us_ring_peek(log, ring, slot);
         if (ev)
-            return ev;
+            return ev; /* or US_RING_CORRUPT */
         if (__atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE))
             return NULL;
         if (spins < CONSUMER_SPIN_ROUNDS) {
@@ -217,6 +219,51 @@ void us_ring_consume(struct us_log *log, unsigned ring, unsigned slot, const str
         __atomic_fetch_add(&c->tail_futex, 1, __ATOMIC_SEQ_CST);
         futex_wake(&c->tail_futex);
     }
+}
+
+static int blobs_ok(const uint8_t *p, const uint8_t *end)
+{
+    while (p < end) {
+        if ((size_t)(end - p) < sizeof(struct us_blob))
+            return -1;
+        const struct us_blob *b = (const struct us_blob *)p;
+        if ((size_t)(end - p) - sizeof(*b) < us_align8(b->len) || b->len > (1u << 30))
+            return -1;
+        p += sizeof(*b) + us_align8(b->len);
+    }
+    return 0;
+}
+
+int us_event_check(const struct us_log *log, unsigned ring, uint64_t pos, uint64_t head)
+{
+    /* framing only: what the payload holds is the decoder's business
+     * (us_event_payload_check) */
+    uint64_t ring_size = log->hdr->ring_size;
+    uint64_t off = pos & (ring_size - 1);
+    if (head <= pos || head - pos < 8 || (pos & 7))
+        return -1;
+    const struct us_event *ev = us_ring_at(log, ring, pos);
+    uint64_t size = ev->size;
+    if (size < 8 || (size & 7) || size > head - pos || off + size > ring_size)
+        return -1;
+    if (ev->type == US_EV_PAD)
+        return 0;
+    if (size < sizeof(struct us_event) || ev->type > US_EV_SYNC)
+        return -1;
+    return 0;
+}
+
+int us_event_payload_check(const struct us_event *ev)
+{
+    const uint8_t *p = (const uint8_t *)(ev + 1), *end = (const uint8_t *)ev + ev->size;
+    if (ev->type == US_EV_SYSCALL && (ev->flags & US_EVF_RECV_SLOT)) {
+        if ((size_t)(end - p) < sizeof(struct us_recv_slot))
+            return -1;
+        p += sizeof(struct us_recv_slot);
+    }
+    if (ev->type == US_EV_SIGNAL && (size_t)(end - p) < sizeof(struct us_blob) + 128)
+        return -1;
+    return blobs_ok(p, end);
 }
 
 void us_log_wake_all(struct us_log *log)

@@ -61,8 +61,19 @@ void us_ring_publish(struct us_log *log, unsigned ring, struct us_event *ev, uin
  * promote flag is set and the ring is drained). us_ring_consume moves past it.
  */
 struct us_event *us_ring_next(struct us_log *log, unsigned ring, unsigned slot);
+/* Returned by us_ring_next/us_ring_peek for a record that fails us_event_check. */
+#define US_RING_CORRUPT ((struct us_event *)1)
 struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot);
 void us_ring_consume(struct us_log *log, unsigned ring, unsigned slot, const struct us_event *ev);
+
+/*
+ * Checks that the record at position `pos` of `ring`, below `head`, is well
+ * framed: its size fits the ring and what was published, its type is known.
+ * 0 if so, -1 if not. Consumers run it on every record (us_ring_peek).
+ */
+int us_event_check(const struct us_log *log, unsigned ring, uint64_t pos, uint64_t head);
+/* Checks that a framed record's payload (recv slot, blobs) lies inside it. */
+int us_event_payload_check(const struct us_event *ev);
 
 /* Wakes every consumer of every ring (after a promotion flag was set). */
 void us_log_wake_all(struct us_log *log);

@@ -369,9 +369,18 @@ US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, lon
              t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), ev ? ev->type : 0u, why);
 }
 
-struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const struct us_sysdesc *d)
+struct us_event *us_next_event(struct us_thread *t)
 {
     struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
+    if (US_UNLIKELY(ev == US_RING_CORRUPT || (ev && us_event_payload_check(ev) < 0)))
+        us_fatal("corrupt record in the log of thread %u after event %lu: this replica "
+                 "cannot follow the primary", t->ring, (unsigned long)t->recent[(t->nrecent - 1) % 16].seq);
+    return ev;
+}
+
+struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const struct us_sysdesc *d)
+{
+    struct us_event *ev = us_next_event(t);
     if (!ev)
         return NULL;
     if (ev->type == US_EV_CRASH) {

@@ -97,6 +97,8 @@ US_NORETURN void us_fatal(const char *fmt, ...) __attribute__((format(printf, 1,
 
 /* engine.c */
 long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5);
+/* Backup: the next record of this thread's ring, checked; NULL once promoted. */
+struct us_event *us_next_event(struct us_thread *t);
 void us_thread_attach(struct us_thread *t);
 const char *us_sysname(long nr);
 /* Called at a divergence: reports, retires this replica and exits. */

@@ -152,7 +152,7 @@ void us_signals_after_call(struct us_thread *t)
         return;
     }
     while (t->sigs_after) {
-        struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
+        struct us_event *ev = us_next_event(t);
         if (!ev) {
             t->sigs_after = 0; /* the primary died before logging them */
             return;

@@ -52,7 +52,7 @@ static unsigned new_thread_id(struct us_thread *t)
         us_ring_publish(&us_log_, t->ring, ev, 0);
         return id;
     }
-    struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
+    struct us_event *ev = us_next_event(t);
     if (!ev) {
         us_promote(t);
         return new_thread_id(t);

@@ -100,7 +100,7 @@ static void record(struct us_thread *t, int op, const void *m, uint64_t version,
 /* Backup: the logged acquisition for this call; NULL once promoted. */
 static struct us_event *expect(struct us_thread *t, int op, const void *m)
 {
-    struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
+    struct us_event *ev = us_next_event(t);
     if (!ev)
         return NULL;
     if (ev->type != US_EV_SYNC || ev->fd != op || ev->aux != (uint64_t)(uintptr_t)m) {
