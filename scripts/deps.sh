@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages understudy needs to build, test and demo.
 # Sourced by scripts/demo.sh and scripts/test.sh; does nothing when all are present.
 us_install_deps() {
-    local pkgs=(build-essential cmake pkg-config libcmocka-dev python3
+    local pkgs=(build-essential cmake pkg-config libcmocka-dev libxxhash-dev clang python3
                 redis-server redis-tools procps)
     local missing=()
     for p in "${pkgs[@]}"; do

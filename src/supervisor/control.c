@@ -148,6 +148,36 @@ static size_t status_text(struct us_supervisor *s, char *out, size_t cap)
     return n < cap ? n : cap - 1;
 }
 
+/* One request line (without its newline) -> the reply in `out`. */
+size_t us_control_handle(struct us_supervisor *s, const char *req, char *out, size_t cap)
+{
+    if (strcmp(req, "status json") == 0)
+        return status_json(s, out, cap);
+    if (strcmp(req, "status") == 0)
+        return status_text(s, out, cap);
+    if (strncmp(req, "inject ", 7) == 0)
+        return us_inject(s, req + 7, out, cap);
+    if (strcmp(req, "failover") != 0)
+        return (size_t)snprintf(out, cap, "error: unknown request '%.60s'\n", req);
+    if (us_pick_backup(s) < 0)
+        return (size_t)snprintf(out, cap,
+                                "error: no backup is running: a failover now would stop the service\n");
+    struct us_proc *p = &s->rep[s->primary];
+    int st;
+    pid_t old = p->pid;
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, &st, __WALL);
+    p->alive = 0;
+    close(p->pidfd);
+    p->pidfd = -1;
+    if (us_failover(s, "was stopped for a planned failover", 0) == 0)
+        return (size_t)snprintf(out, cap, "ok: primary pid %d replaced by pid %d\n", (int)old,
+                                (int)s->rep[s->primary].pid);
+    s->exit_status = 128 + SIGKILL;
+    s->done = 1;
+    return (size_t)snprintf(out, cap, "error: no backup could take over\n");
+}
+
 void us_control_serve(struct us_supervisor *s)
 {
     int c = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -160,44 +190,17 @@ void us_control_serve(struct us_supervisor *s)
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
         (cred.uid != getuid() && cred.uid != 0)) {
         n = (size_t)snprintf(out, sizeof(out), "error: permission denied\n");
-        goto reply;
-    }
-    struct pollfd pfd = {c, POLLIN, 0};
-    if (poll(&pfd, 1, 1000) <= 0 || read(c, req, sizeof(req) - 1) <= 0) {
-        close(c);
-        return;
-    }
-    req[strcspn(req, "\r\n")] = '\0';
-    if (strcmp(req, "status json") == 0) {
-        n = status_json(s, out, sizeof(out));
-    } else if (strcmp(req, "status") == 0) {
-        n = status_text(s, out, sizeof(out));
-    } else if (strncmp(req, "inject ", 7) == 0) {
-        n = us_inject(s, req + 7, out, sizeof(out));
-    } else if (strcmp(req, "failover") == 0 && us_pick_backup(s) < 0) {
-        n = (size_t)snprintf(out, sizeof(out),
-                             "error: no backup is running: a failover now would stop the service\n");
-    } else if (strcmp(req, "failover") == 0) {
-        struct us_proc *p = &s->rep[s->primary];
-        int st;
-        pid_t old = p->pid;
-        kill(p->pid, SIGKILL);
-        waitpid(p->pid, &st, __WALL);
-        p->alive = 0;
-        close(p->pidfd);
-        p->pidfd = -1;
-        if (us_failover(s, "was stopped for a planned failover", 0) == 0)
-            n = (size_t)snprintf(out, sizeof(out), "ok: primary pid %d replaced by pid %d\n",
-                                 (int)old, (int)s->rep[s->primary].pid);
-        else {
-            n = (size_t)snprintf(out, sizeof(out), "error: no backup could take over\n");
-            s->exit_status = 128 + SIGKILL;
-            s->done = 1;
-        }
     } else {
-        n = (size_t)snprintf(out, sizeof(out), "error: unknown request '%s'\n", req);
+        struct pollfd pfd = {c, POLLIN, 0};
+        if (poll(&pfd, 1, 1000) <= 0 || read(c, req, sizeof(req) - 1) <= 0) {
+            close(c);
+            return;
+        }
+        req[strcspn(req, "\r\n")] = '\0';
+        n = us_control_handle(s, req, out, sizeof(out));
     }
-reply:
+    if (n >= sizeof(out))
+        n = sizeof(out) - 1;
     if (write(c, out, n) < 0) {
         /* the client went away: nothing to do */
     }

@@ -55,6 +55,7 @@ int us_run(struct us_run_options *opt);
 /* control.c */
 int us_control_listen(struct us_supervisor *s);
 void us_control_serve(struct us_supervisor *s);
+size_t us_control_handle(struct us_supervisor *s, const char *req, char *out, size_t cap);
 void us_control_close(struct us_supervisor *s);
 int us_control_request(const char *path, const char *request, char *reply, size_t cap);
 int us_default_control_path(char *buf, size_t cap);

@@ -1,0 +1,1469 @@
+#!/usr/bin/python3
+"""Failure campaign: random faults into random replicas of real servers
+under load, with exact client-side checks after every fault.
+
+  campaign.py [--faults N] [--seed S] [--programs redis,echo,time_random,stdio_append]
+              [--json FILE] [--pause-bound-ms MS] [--min-backups K] [--timeout S] ...
+
+Each round picks a program and starts it as
+    $UNDERSTUDY run --replicas 3 --hang-timeout 300 --control <dir>/ctl.sock -- PROGRAM...
+drives it with real clients on long-lived TCP connections, and injects
+faults with `understudy inject` at random moments into random replicas:
+
+  crash-primary, hang-primary   the primary is SIGKILLed / SIGSTOPped; a
+                                backup must take over the same connections
+  crash-backup, hang-backup     a backup dies / is declared hung and retired;
+                                the service must not notice
+  bitflip-backup                one random bit of a backup's memory; whether a
+                                divergence is reported is counted (a flip that
+                                changed nothing may legitimately go unseen)
+  bitflip-primary               one random bit of the primary's memory: this
+                                may corrupt the service itself, so only
+                                understudy's own survival is asserted; data
+                                checks are reported for information
+
+Clients and checks (the invariants of tests/redis/redis_failover.py and of the
+tests/apps drivers, whose App classes are reused as they are):
+  redis         2 connections INCR one shared key (each reply above the last on
+                that connection; over all connections the replies are exactly
+                1..N and the key ends at N), 3 connections SET unique keys (every
+                acknowledged SET readable with its value, nothing else in the
+                database: DBSIZE exact)
+  echo          every reply byte-exact; no extra byte after the last reply
+  time_random   per-connection seq without gap or repeat; at the end of the
+                round the server's running hash is recomputed from all replies
+  stdio_append  every acknowledged token in the file exactly once, at the line
+                its "OK k" named
+After each fault: no acknowledged write lost, no effect applied twice, no
+reset/EOF/stall on any connection, every connection makes progress, and the
+longest gap between consecutive replies around the fault is below
+--pause-bound-ms (default 1000; hang detection takes 300 ms).
+
+Before each fault the run must have at least --min-backups running backups
+(default 2, so a fault on the primary always leaves a backup behind);
+otherwise the round ends (final checks, SIGTERM, exit status 0, no process
+left) and a new run starts with fresh replicas. A round also ends after a
+bitflip (the flipped replica is tainted).
+
+Prints a table per fault kind: injected, survived, divergences detected, lost
+writes, duplicated effects, resets (these three must be 0), worst pause.
+Exit status: 0 pass, 1 fail (a must-be-zero count or a survival check), 77
+skip ($UNDERSTUDY not an executable). Every process started is killed by pid
+(and process group) on exit, on failure, on Ctrl-C and at the --timeout.
+"""
+
+import argparse
+import bisect
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+
+sys.dont_write_bytecode = True  # keep the source tree clean
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TESTS = os.path.dirname(_HERE)
+for _d in ("lib", "redis", "apps"):
+    sys.path.insert(0, os.path.join(_TESTS, _d))
+
+import us_harness as uh  # noqa: E402
+import redis_harness as rh  # noqa: E402
+import test_echo  # noqa: E402
+import test_stdio_append  # noqa: E402
+import test_time_random  # noqa: E402
+
+PASS, FAIL, SKIP = 0, 1, 77
+mono = time.monotonic
+
+KINDS = ["crash-primary", "crash-backup", "hang-primary", "hang-backup",
+         "bitflip-backup", "bitflip-primary"]
+PROGRAMS = ["redis", "echo", "time_random", "stdio_append"]
+APP_BINARIES = {"echo": "echo_server", "time_random": "time_random_server",
+                "stdio_append": "stdio_append_server"}
+
+# Problem categories. The first three are counted in the table and must be 0
+# (except for bitflip-primary, where only "survival" fails the campaign).
+COUNTED = ("lost", "dup", "reset")
+FAILING = set(COUNTED) | {"stall", "pause", "corrupt", "survival", "divergence"}
+
+REDIS_INCR_CONNS = 2
+REDIS_SET_CONNS = 3
+REDIS_COUNTER = "campaign:counter"
+APP_CLIENTS = 4
+APP_WINDOW = 8
+
+
+def log(msg):
+    rh.log(msg)
+
+
+class Interrupted(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# Per-connection bookkeeping shared by all workloads
+
+
+class ConnStats:
+    """Reply times of one client connection (appended by its thread only)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.times = []
+        self.error = None       # (category, message) once the connection failed
+        self.finished = False
+
+    def last(self):
+        return self.times[-1] if self.times else None
+
+
+def max_gap(times, t0, t1, now):
+    """Longest gap between consecutive replies among the gaps that overlap
+    [t0, t1]; a gap still open at `now` counts up to now."""
+    n = len(times)
+    i = bisect.bisect_left(times, t0, 0, n)
+    prev = times[i - 1] if i > 0 else None
+    best = 0.0
+    j = i
+    while j < n:
+        t = times[j]
+        if prev is not None:
+            best = max(best, t - prev)
+        if t > t1:
+            return best
+        prev = t
+        j += 1
+    if prev is not None:
+        best = max(best, now - prev)
+    return best
+
+
+def classify_connlost(msg):
+    """Category of a connection-level failure message."""
+    low = msg.lower()
+    if "no reply within" in low or "no data for" in low or "timed out" in low:
+        return "stall"
+    return "reset"
+
+
+class Workload:
+    """Clients for one run. Threads append to self.problems (category, n, msg)."""
+
+    def __init__(self, port, rng, io_timeout):
+        self.port = port
+        self.rng = rng
+        self.io_timeout = io_timeout
+        self.stop_ev = threading.Event()
+        self.threads = []
+        self.conns = []
+        self.lock = threading.Lock()
+        self.problems = []
+        self.socks = []
+
+    def problem(self, cat, msg, n=1):
+        with self.lock:
+            self.problems.append((cat, n, msg))
+
+    def take_problems(self):
+        with self.lock:
+            p, self.problems = self.problems, []
+        return p
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def live_conns(self):
+        return [c for c in self.conns if c.error is None and not c.finished]
+
+    def wait_first_replies(self, seconds):
+        end = mono() + seconds
+        while mono() < end:
+            if all(c.times or c.error for c in self.conns):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def stuck_since(self, t, seconds):
+        """Connections (still healthy) without a reply after time t, waiting up
+        to `seconds` for each to get one."""
+        end = mono() + seconds
+        while True:
+            stuck = [c for c in self.live_conns() if not (c.last() and c.last() > t)]
+            if not stuck or mono() > end:
+                return stuck
+            time.sleep(0.01)
+
+    def pause(self, t0, t1):
+        now = mono()
+        best, who = 0.0, None
+        for c in self.conns:
+            if not c.times and c.error:
+                continue
+            g = max_gap(c.times, t0, t1, now if c.error is None and not c.finished else t1)
+            if g > best:
+                best, who = g, c.name
+        return best, who
+
+    def shutdown_sockets(self):
+        for s in list(self.socks):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        """Stop the clients (each finishes its batch) and join them."""
+        self.stop_ev.set()
+        end = mono() + self.io_timeout + 5
+        for t in self.threads:
+            t.join(max(0.1, end - mono()))
+        alive = [t.name for t in self.threads if t.is_alive()]
+        if alive:
+            self.problem("stall", "client thread(s) %s still blocked %.0fs after stop"
+                         % (alive, self.io_timeout + 5))
+            self.shutdown_sockets()
+            for t in self.threads:
+                t.join(2)
+
+    def abort(self):
+        self.stop_ev.set()
+        self.shutdown_sockets()
+
+    # hooks
+    def midcheck(self):
+        return []
+
+    def final_check(self):
+        return []
+
+    def after_stop_check(self):
+        return []
+
+    def summary(self):
+        return ""
+
+
+# --------------------------------------------------------------------------
+# Redis: INCR on one shared key from several connections, SETs of unique keys
+
+
+class RedisWorkload(Workload):
+    def __init__(self, port, rng, io_timeout):
+        super().__init__(port, rng, io_timeout)
+        self.salt = rng.randrange(1 << 30)
+        self.incr_vals = {}      # conn idx -> list of INCR replies, in order
+        self.set_count = {}      # conn idx -> acknowledged SETs (keys 0..n-1)
+        self.resp = {}
+        for i in range(REDIS_INCR_CONNS + REDIS_SET_CONNS):
+            kind = "incr" if i < REDIS_INCR_CONNS else "set"
+            cs = ConnStats("redis conn %d (%s)" % (i, kind))
+            self.conns.append(cs)
+            conn = rh.Resp(port, timeout=io_timeout)  # connected before any fault
+            self.resp[i] = conn
+            self.socks.append(conn.sock)
+            if kind == "incr":
+                self.incr_vals[i] = []
+                target = self._incr_loop
+            else:
+                self.set_count[i] = 0
+                target = self._set_loop
+            self.threads.append(threading.Thread(target=target, args=(i, cs, conn),
+                                                 name="redis-%s-%d" % (kind, i), daemon=True))
+
+    def key(self, i, n):
+        return "k:%d:%d" % (i, n)
+
+    def value(self, i, n):
+        return "v%d.%d.%d" % (n, i, self.salt)
+
+    def _incr_loop(self, i, cs, conn):
+        vals = self.incr_vals[i]
+        try:
+            while not self.stop_ev.is_set():
+                conn.send("INCR", REDIS_COUNTER)
+                r = conn.read()
+                cs.times.append(mono())
+                if not isinstance(r, int) or isinstance(r, bool):
+                    cs.error = ("corrupt", "%s: INCR replied %r" % (cs.name, r))
+                    self.problem("corrupt", cs.error[1])
+                    return
+                last = vals[-1] if vals else 0
+                if r <= last:
+                    # the counter went back: acknowledged increments were lost
+                    self.problem("lost", "%s: INCR replied %d after %d on this connection"
+                                 % (cs.name, r, last), last - r + 1)
+                vals.append(r)
+        except rh.ConnLost as e:
+            if not self.stop_ev.is_set() or "EOF" in str(e) or "reset" in str(e).lower():
+                cat = classify_connlost(str(e))
+                cs.error = (cat, "%s after %d replies: %s" % (cs.name, len(vals), e))
+                self.problem(cat, cs.error[1])
+        except Exception as e:
+            cs.error = ("corrupt", "%s: %r" % (cs.name, e))
+            self.problem("corrupt", cs.error[1])
+
+    def _set_loop(self, i, cs, conn):
+        try:
+            while not self.stop_ev.is_set():
+                n = self.set_count[i]
+                conn.send("SET", self.key(i, n), self.value(i, n))
+                r = conn.read()
+                cs.times.append(mono())
+                if r != "OK":
+                    cs.error = ("corrupt", "%s: SET %s replied %r" % (cs.name, self.key(i, n), r))
+                    self.problem("corrupt", cs.error[1])
+                    return
+                self.set_count[i] = n + 1
+        except rh.ConnLost as e:
+            cat = classify_connlost(str(e))
+            cs.error = (cat, "%s after %d SETs: %s" % (cs.name, self.set_count[i], e))
+            self.problem(cat, cs.error[1])
+        except Exception as e:
+            cs.error = ("corrupt", "%s: %r" % (cs.name, e))
+            self.problem("corrupt", cs.error[1])
+
+    def _check_sets(self, c, counts):
+        out = []
+        for i, cnt in counts.items():
+            missing, wrong = [], []
+            for lo in range(0, cnt, 1000):
+                idx = range(lo, min(cnt, lo + 1000))
+                replies = c.pipeline([("GET", self.key(i, n)) for n in idx])
+                for n, r in zip(idx, replies):
+                    if r is None:
+                        missing.append(n)
+                    elif r != self.value(i, n).encode():
+                        wrong.append((n, r))
+            if missing:
+                out.append(("lost", len(missing), "conn %d: %d acknowledged SET(s) missing, e.g. %s"
+                            % (i, len(missing), [self.key(i, n) for n in missing[:5]])))
+            if wrong:
+                out.append(("corrupt", len(wrong), "conn %d: %d key(s) with a wrong value, e.g. %s"
+                            % (i, len(wrong), wrong[:3])))
+        return out
+
+    def _check_incr_distinct(self, snapshot):
+        allv = [v for vals in snapshot.values() for v in vals]
+        repeated = len(allv) - len(set(allv))
+        if repeated:
+            seen, rep = set(), []
+            for v in allv:
+                if v in seen:
+                    rep.append(v)
+                seen.add(v)
+            return [("lost", repeated, "INCR returned the same value twice on different"
+                     " connections %d time(s) (an acknowledged increment was lost), e.g. %s"
+                     % (repeated, rep[:5]))]
+        return []
+
+    def midcheck(self):
+        counts = dict(self.set_count)
+        snap = {i: list(v) for i, v in self.incr_vals.items()}
+        out = self._check_incr_distinct(snap)
+        try:
+            c = rh.Resp(self.port, timeout=self.io_timeout)
+            try:
+                out += self._check_sets(c, counts)
+            finally:
+                c.close()
+        except (rh.ConnLost, rh.RespError) as e:
+            out.append((classify_connlost(str(e)), 1, "read-back connection: %s" % e))
+        return out
+
+    def final_check(self):
+        """Clients stopped: everything must be exact."""
+        out = []
+        for i, conn in self.resp.items():
+            cs = self.conns[i]
+            if cs.error:
+                continue
+            try:
+                r = conn.call("PING")
+                if r != "PONG":
+                    out.append(("corrupt", 1, "%s: PING after the round replied %r" % (cs.name, r)))
+            except (rh.ConnLost, rh.RespError) as e:
+                out.append((classify_connlost(str(e)), 1, "%s: PING after the round: %s"
+                            % (cs.name, e)))
+        snap = {i: list(v) for i, v in self.incr_vals.items()}
+        out += self._check_incr_distinct(snap)
+        allv = [v for vals in snap.values() for v in vals]
+        try:
+            c = rh.Resp(self.port, timeout=self.io_timeout)
+            try:
+                counts = dict(self.set_count)
+                out += self._check_sets(c, counts)
+                for i, cnt in counts.items():
+                    if c.call("EXISTS", self.key(i, cnt)):
+                        out.append(("dup", 1, "%s exists but was never acknowledged"
+                                    % self.key(i, cnt)))
+                final = c.call("GET", REDIS_COUNTER)
+                final = int(final) if final is not None else 0
+                top = max(allv) if allv else 0
+                distinct = len(set(allv))
+                if top > distinct:
+                    out.append(("dup", top - distinct,
+                                "INCR replies reach %d but only %d distinct values were"
+                                " acknowledged: %d increment(s) applied without a reply"
+                                " (applied twice)" % (top, distinct, top - distinct)))
+                if final > top:
+                    out.append(("dup", final - top, "counter is %d, the last acknowledged INCR"
+                                " returned %d" % (final, top)))
+                elif final < top:
+                    out.append(("lost", top - final, "counter is %d, but an INCR was"
+                                " acknowledged with %d" % (final, top)))
+                expect = sum(counts.values()) + (1 if allv else 0)
+                size = c.call("DBSIZE")
+                if size != expect:
+                    out.append(("dup" if size > expect else "lost", abs(size - expect),
+                                "DBSIZE is %d, expected exactly %d (acknowledged keys + counter)"
+                                % (size, expect)))
+            finally:
+                c.close()
+        except (rh.ConnLost, rh.RespError, ValueError) as e:
+            out.append((classify_connlost(str(e)), 1, "final read-back: %s" % e))
+        for conn in self.resp.values():
+            conn.close()
+        return out
+
+    def summary(self):
+        return "%d INCRs, %d SETs" % (sum(len(v) for v in self.incr_vals.values()),
+                                     sum(self.set_count.values()))
+
+
+# --------------------------------------------------------------------------
+# tests/apps servers, driven through the App classes of their test drivers
+
+
+def _echo_classify(req, reply, history, batch_rest):
+    if reply in history:
+        return "dup"
+    if reply in batch_rest:
+        return "lost"
+    return "corrupt"
+
+
+_SEQ_RE = re.compile(rb"[RS] seq=(\d+)")
+
+
+def _time_random_classify(req, reply, index, msg):
+    m = _SEQ_RE.match(reply)
+    if m:
+        seq = int(m[1])
+        if seq > index + 1:
+            return "lost"
+        if seq < index + 1:
+            return "dup"
+    if "not above previous gc" in msg:
+        return "dup"
+    return "corrupt"
+
+
+def _stdio_classify(req, reply, last):
+    m = re.fullmatch(rb"OK (\d+)", reply)
+    if m:
+        k = int(m[1])
+        if k == last:
+            return "dup"
+        if k < last:
+            return "lost"
+    return "corrupt"
+
+
+class AppWorkload(Workload):
+    def __init__(self, name, app, server, workdir, seed_str, rng, io_timeout):
+        super().__init__(server.port, rng, io_timeout)
+        self.name = name
+        self.app = app
+        self.server = server
+        self.workdir = workdir
+        self.seed_str = seed_str
+        self.mk_lock = threading.Lock()
+        self.requests = 0
+        self.ctx_args = types.SimpleNamespace(io_timeout=io_timeout, seed=0)
+        self.ctx = uh.Context(self.ctx_args, server, workdir, rng)
+        for cid in range(APP_CLIENTS):
+            cs = ConnStats("%s client %d" % (name, cid))
+            self.conns.append(cs)
+            conn = self.ctx.connect("%s client %d" % (name, cid))  # before any fault
+            self.socks.append(conn.sock)
+            self.threads.append(threading.Thread(target=self._client, args=(cid, cs, conn),
+                                                 name="%s-client-%d" % (name, cid), daemon=True))
+
+    def _client(self, cid, cs, conn):
+        rng = random.Random("%s/client/%d" % (self.seed_str, cid))
+        key = (cid, 0)
+        index = 0
+        chunk = 0
+        history = []
+        try:
+            while not self.stop_ev.is_set():
+                k = rng.randint(1, APP_WINDOW)
+                with self.mk_lock:
+                    # make_requests counts what was asked for (the final
+                    # checks compare with it): every batch is completed.
+                    reqs = self.app.make_requests(chunk * APP_CLIENTS + cid, rng, k)
+                    self.requests += k
+                chunk += 1
+                conn.send(b"".join(r + b"\n" for r in reqs), rng)
+                for j, req in enumerate(reqs):
+                    reply = conn.readline("reply to request #%d" % index)
+                    cs.times.append(mono())
+                    last_ok = self._last_ok(key)
+                    try:
+                        self.app.check_reply(key, index, req, reply)
+                    except uh.TestFailure as e:
+                        cat = self._classify(req, reply, index, str(e), history,
+                                             reqs[j + 1:], last_ok)
+                        cs.error = (cat, "%s: %s" % (cs.name, e))
+                        self.problem(cat, cs.error[1])
+                        return
+                    history.append(req)
+                    if len(history) > 64:
+                        del history[:32]
+                    index += 1
+            # Half-close: the server must close with no byte after the last
+            # reply (a duplicated reply would show up here).
+            try:
+                conn.finish()
+            except uh.TestFailure as e:
+                msg = str(e)
+                cat = "dup" if "extra bytes" in msg else classify_connlost(msg)
+                cs.error = (cat, msg)
+                self.problem(cat, msg)
+            cs.finished = True
+        except uh.TestFailure as e:
+            cat = classify_connlost(str(e))
+            cs.error = (cat, "%s after %d replies: %s" % (cs.name, index, e))
+            self.problem(cat, cs.error[1])
+        except Exception as e:
+            cs.error = ("corrupt", "%s: unexpected %r" % (cs.name, e))
+            self.problem("corrupt", cs.error[1])
+        finally:
+            self.ctx.forget(conn)
+            conn.close()
+
+    def _last_ok(self, key):
+        if self.name == "stdio_append":
+            return self.app.conns.get(key, 0)
+        return None
+
+    def _classify(self, req, reply, index, msg, history, batch_rest, last_ok):
+        if self.name == "echo":
+            return _echo_classify(req, reply, history, batch_rest)
+        if self.name == "time_random":
+            return _time_random_classify(req, reply, index, msg)
+        if self.name == "stdio_append":
+            return _stdio_classify(req, reply, last_ok or 0)
+        return "corrupt"
+
+    # ---- stdio_append: the file against the acknowledgements
+
+    def _stdio_file_check(self, final):
+        app = self.app
+        acks = [(k, tok) for lst in list(app.acks.values()) for (k, tok) in list(lst)]
+        try:
+            with open(app.path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            return [("lost", len(acks), "cannot read %s: %s" % (app.path, e))]
+        lines = data.split(b"\n")
+        if not final or not data.endswith(b"\n"):
+            lines = lines[:-1]  # a line being written right now
+        else:
+            lines = lines[:-1]
+        counts = {}
+        for ln in lines:
+            counts[ln] = counts.get(ln, 0) + 1
+        out = []
+        acked = {tok for _, tok in acks}
+        missing = [tok for tok in acked if tok not in counts]
+        dups = sum(n - 1 for ln, n in counts.items() if n > 1)
+        misplaced = [(k, tok) for k, tok in acks
+                     if tok in counts and (k > len(lines) or lines[k - 1] != tok)]
+        if missing:
+            out.append(("lost", len(missing), "%d acknowledged token(s) not in the file, e.g. %s"
+                        % (len(missing), missing[:3])))
+        if dups:
+            out.append(("dup", dups, "%d line(s) appended more than once, e.g. %s"
+                        % (dups, [ln for ln, n in counts.items() if n > 1][:3])))
+        if misplaced and not missing and not dups:
+            out.append(("corrupt", len(misplaced), "%d token(s) not at the line their OK named,"
+                        " e.g. %s" % (len(misplaced), misplaced[:3])))
+        if final:
+            extra = [ln for ln in counts if ln not in acked]
+            if extra:
+                out.append(("dup", len(extra), "%d line(s) in the file were never acknowledged,"
+                            " e.g. %s" % (len(extra), extra[:3])))
+        return out
+
+    def midcheck(self):
+        if self.name == "stdio_append":
+            return self._stdio_file_check(final=False)
+        return []
+
+    def _final_classify(self, msg):
+        m = re.search(r"server counter is (\d+) after (\d+)", msg) or \
+            re.search(r"server counts (\d+) appends, clients sent (\d+)", msg) or \
+            re.search(r"(\d+) data replies for (\d+) data requests", msg)
+        if m:
+            a, b = int(m[1]), int(m[2])
+            if a > b:
+                return "dup", a - b
+            if a < b:
+                return "lost", b - a
+        return "corrupt", 1
+
+    def final_check(self):
+        try:
+            self.app.final_check(self.ctx)
+        except uh.TestFailure as e:
+            msg = str(e)
+            if "final conn" in msg and ("EOF" in msg or "no data" in msg or "connect" in msg
+                                        or "reset" in msg.lower()):
+                return [(classify_connlost(msg), 1, msg)]
+            cat, n = self._final_classify(msg)
+            return [(cat, n, "%s final check: %s" % (self.name, msg))]
+        return []
+
+    def after_stop_check(self):
+        if self.name != "stdio_append":
+            return []
+        out = self._stdio_file_check(final=True)
+        if not out:
+            try:
+                self.app.after_stop_check(self.ctx)
+            except uh.TestFailure as e:
+                out.append(("corrupt", 1, "stdio_append file check: %s" % e))
+        return out
+
+    def summary(self):
+        return "%d requests" % self.requests
+
+
+# --------------------------------------------------------------------------
+# A program under `understudy run`
+
+
+class Target:
+    """Common face of a redis (redis_harness.Server) or tests/apps
+    (us_harness.Server) run."""
+
+    def __init__(self, ctx, program, rnd):
+        self.ctx = ctx
+        self.program = program
+        self.workdir = tempfile.mkdtemp(prefix="us-campaign-%s-" % program,
+                                        dir="/tmp" if len(tempfile.gettempdir()) > 40 else None)
+        self.run_args = ["--hang-timeout", str(ctx.args.hang_timeout)] + ctx.args.run_arg
+        self.label = "round %d %s" % (rnd, program)
+        self.srv = None
+        self.app = None
+        self.stopped = False
+
+    # ---- start
+    def start(self):
+        a = self.ctx.args
+        if self.program == "redis":
+            self.srv = rh.Server(self.ctx.tracker, native=False, understudy=self.ctx.us,
+                                 replicas=a.replicas, run_args=self.run_args,
+                                 label=self.label, workdir=self.workdir)
+            self.srv.start(timeout=20.0)
+            self.log_path = self.srv.logpath
+        else:
+            binary = self.ctx.app_bins[self.program]
+            self.app = {"echo": test_echo.Echo, "time_random": test_time_random.TimeRandom,
+                        "stdio_append": test_stdio_append.StdioAppend}[self.program]()
+            app, wd = self.app, self.workdir
+            self.srv = uh.Server(lambda port: app.server_argv(binary, port, wd), wd,
+                                 native=False, understudy=self.ctx.us, replicas=a.replicas,
+                                 run_args=self.run_args)
+            self.log_path = self.srv.stderr_path
+            self.srv.start(uh.Deadline(20.0))
+            self.ctx.tracker.add(self.srv.proc.pid, self.label, proc=self.srv.proc, leader=True)
+            st, err = self.wait_status(lambda s: len(running_backups(s)) == a.replicas - 1,
+                                       15.0)
+            if st is None:
+                raise rh.StartError("%s: backups never all running: %s" % (self.label, err))
+        self.track()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    @property
+    def ctl(self):
+        return self.srv.ctl
+
+    @property
+    def proc(self):
+        return self.srv.proc
+
+    def alive(self):
+        return self.srv.proc is not None and self.srv.proc.poll() is None
+
+    def track(self):
+        """Register every replica/descendant with the tracker (killed by pid
+        at exit, even if we are SIGKILLed: the tracker's reaper does it)."""
+        if self.alive():
+            for pid in rh.descendants(self.srv.proc.pid):
+                self.ctx.tracker.add(pid, "%s descendant" % self.label)
+
+    def status(self, timeout=3.0):
+        """(status dict, None) or (None, error string)."""
+        try:
+            st = self.srv.status(timeout=timeout)
+            for pid in status_pids(st):
+                self.ctx.tracker.add(pid, "%s replica" % self.label)
+            return st, None
+        except Exception as e:  # RuntimeError, TestFailure, TimeoutExpired
+            return None, str(e) or repr(e)
+
+    def wait_status(self, pred, timeout):
+        end = mono() + timeout
+        last, err = None, None
+        while True:
+            if not self.alive():
+                return None, "understudy run exited with status %s" % self.srv.proc.returncode
+            st, err = self.status(timeout=max(0.5, min(3.0, end - mono())))
+            if st is not None:
+                last = st
+                if pred(st):
+                    return st, None
+            if mono() > end:
+                return None, "timed out after %.1fs (last status %s; last error %s)" % (
+                    timeout, json.dumps(last), err)
+            time.sleep(0.01)
+
+    def inject(self, who, fault):
+        try:
+            r = subprocess.run([self.ctx.us, "inject", "--control", self.ctl, "--replica",
+                                str(who), fault], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=5)
+            return r.returncode, (r.stdout + r.stderr).strip()
+        except subprocess.TimeoutExpired:
+            return -1, "understudy inject timed out after 5s"
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_since(self, off):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(off)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def understudy_lines(self, off=0):
+        return [ln for ln in self.log_since(off).splitlines() if ln.startswith("understudy")]
+
+    # ---- stop
+    def stop(self, expect_dead=False):
+        """SIGTERM; returns a list of problems (exit status, leftovers)."""
+        self.stopped = True
+        out = []
+        if self.program == "redis":
+            out += self.srv.stop(timeout=10.0, expect_dead=expect_dead)
+            out = [p.split("\n")[0] for p in out if not p.startswith(self.label + " log tail")]
+        else:
+            if self.alive():
+                self.track()
+                try:
+                    rc = self.srv.stop(10.0)
+                    if rc != 0:
+                        out.append("%s exited with status %s after SIGTERM (expected 0)"
+                                   % (self.label, rc))
+                except uh.TestFailure as e:
+                    out.append("%s: %s" % (self.label, e))
+            elif not expect_dead:
+                out.append("%s had already exited with status %s"
+                           % (self.label, self.srv.proc.returncode))
+            self.srv.cleanup()
+            if self.srv.leaks:
+                out.append("%s: processes left behind: %s" % (self.label, ", ".join(self.srv.leaks)))
+        return out
+
+    def cleanup(self):
+        if self.srv is None:
+            return
+        try:
+            if self.program == "redis":
+                self.srv.cleanup()
+            else:
+                self.srv.cleanup()
+        except Exception as e:
+            log("cleanup error (%s): %r" % (self.label, e))
+
+    def remove_dir(self):
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def running_backups(st):
+    return [b for b in (st.get("backups") or []) if b.get("state") == "running"]
+
+
+def status_pids(st):
+    pids = []
+    prim = st.get("primary") or {}
+    for k in ("pid", "keeper_pid"):
+        if prim.get(k):
+            pids.append(int(prim[k]))
+    for b in st.get("backups") or []:
+        if b.get("pid"):
+            pids.append(int(b["pid"]))
+    return [p for p in pids if p > 1]
+
+
+# --------------------------------------------------------------------------
+# Faults
+
+
+class Fault:
+    def __init__(self, n, rnd, program, kind):
+        self.n, self.round, self.program, self.kind = n, rnd, program, kind
+        self.who = None
+        self.pid = None
+        self.inject_reply = ""
+        self.t_inject = None
+        self.recovery_ms = None
+        self.pause_ms = 0.0
+        self.pause_conn = None
+        self.outcome = ""
+        self.divergence = False
+        self.late_divergence = False
+        self.lost = self.dup = self.resets = 0
+        self.problems = []      # (category, message)
+        self.log_lines = []
+
+    def add(self, cat, msg, n=1):
+        if self.kind == "bitflip-primary" and cat not in ("survival",):
+            cat_shown = "info:" + cat
+        else:
+            cat_shown = cat
+        self.problems.append((cat_shown, msg))
+        if cat == "lost":
+            self.lost += n
+        elif cat == "dup":
+            self.dup += n
+        elif cat == "reset":
+            self.resets += n
+
+    def failing(self):
+        return [(c, m) for c, m in self.problems if c in FAILING]
+
+    @property
+    def survived(self):
+        return not self.failing()
+
+    def as_dict(self):
+        return {"n": self.n, "round": self.round, "program": self.program, "kind": self.kind,
+                "replica": self.who, "pid": self.pid, "inject_reply": self.inject_reply,
+                "recovery_ms": self.recovery_ms, "pause_ms": round(self.pause_ms, 1),
+                "pause_conn": self.pause_conn, "outcome": self.outcome,
+                "divergence": self.divergence, "late_divergence": self.late_divergence,
+                "lost": self.lost, "dup": self.dup, "resets": self.resets,
+                "survived": self.survived, "problems": self.problems,
+                "log": self.log_lines}
+
+
+def div_lines(text):
+    return [ln for ln in text.splitlines() if "diverge" in ln]
+
+
+def take_workload_problems(fault, wl):
+    for cat, n, msg in wl.take_problems():
+        fault.add(cat, msg, n)
+
+
+def inject_fault(ctx, target, wl, fault, st):
+    """Inject `fault.kind` now, wait for understudy to deal with it, and run
+    the checks. st: the status just before."""
+    a = ctx.args
+    kind = fault.kind
+    fault_name, role = kind.split("-")
+    prim = st["primary"]
+    backups = running_backups(st)
+    if role == "primary":
+        fault.who, fault.pid = "primary", int(prim["pid"])
+    else:
+        b = ctx.rng.choice(backups)
+        fault.who, fault.pid = str(b["slot"]), int(b["pid"])
+    pid_start = rh.proc_start(fault.pid)
+    failovers0 = int(st.get("failovers", 0))
+    off = target.log_size()
+    hang_s = a.hang_timeout / 1000.0
+
+    fault.t_inject = t0 = mono()
+    rc, out = target.inject(fault.who, fault_name)
+    fault.inject_reply = out
+    log("fault #%d (round %d, %s): %s of %s pid %d -> %s"
+        % (fault.n, fault.round, target.program, fault_name,
+           "the primary" if role == "primary" else "backup slot " + fault.who, fault.pid, out))
+    if rc != 0 or not out.startswith("ok"):
+        fault.add("survival", "understudy inject %s %s failed (%s): %s"
+                  % (fault.who, fault_name, rc, out))
+        return None
+
+    t_rec = None
+    if kind in ("crash-primary", "hang-primary"):
+        old = fault.pid
+
+        def promoted(s):
+            p = int((s.get("primary") or {}).get("pid") or 0)
+            return int(s.get("failovers", 0)) > failovers0 and p and p != old
+        st2, err = target.wait_status(promoted, hang_s + 5.0)
+        t_rec = mono()
+        if st2 is None:
+            fault.add("survival", "no failover after %s of the primary pid %d: %s"
+                      % (fault_name, old, err))
+            return None
+        newp = int(st2["primary"]["pid"])
+        fault.recovery_ms = round((t_rec - t0) * 1000)
+        fault.outcome = "failover to pid %d (%d ms by status; supervisor: %s ms)" % (
+            newp, fault.recovery_ms, st2.get("last_failover_ms"))
+        if newp not in [int(b["pid"]) for b in backups]:
+            fault.add("survival", "new primary pid %d was not a running backup before (%s)"
+                      % (newp, [b["pid"] for b in backups]))
+        if int(st2["failovers"]) != failovers0 + 1:
+            fault.add("survival", "failovers went from %d to %s after one fault"
+                      % (failovers0, st2["failovers"]))
+        if rh.proc_alive(old, pid_start):
+            fault.add("survival", "the old primary pid %d is still alive after the failover" % old)
+    elif kind in ("crash-backup", "hang-backup"):
+        gone_pid = fault.pid
+
+        def retired(s):
+            return gone_pid not in [int(b["pid"]) for b in running_backups(s)]
+        st2, err = target.wait_status(retired, hang_s + 5.0)
+        t_rec = mono()
+        if st2 is None:
+            fault.add("survival", "the %s backup pid %d was never retired: %s"
+                      % ("crashed" if fault_name == "crash" else "hung", gone_pid, err))
+            return None
+        fault.recovery_ms = round((t_rec - t0) * 1000)
+        fault.outcome = "backup retired (%d ms by status)" % fault.recovery_ms
+        if int(st2.get("failovers", 0)) != failovers0 or \
+                int(st2["primary"]["pid"]) != int(prim["pid"]):
+            fault.add("survival", "a backup fault changed the primary: %s -> %s"
+                      % (json.dumps(st), json.dumps(st2)))
+        end = mono() + 3.0
+        while rh.proc_alive(gone_pid, pid_start) and mono() < end:
+            time.sleep(0.01)
+        if rh.proc_alive(gone_pid, pid_start):
+            fault.add("survival", "the %s backup pid %d is still alive (state %s) 3 s after it"
+                      " was retired" % (fault_name, gone_pid, rh.proc_state(gone_pid)))
+    else:
+        # bitflips: let the traffic run, then look at what happened
+        time.sleep(a.bitflip_settle)
+        t_rec = mono()
+    return t_rec
+
+
+def post_fault_checks(ctx, target, wl, fault, t_rec, off):
+    """Progress, pause, data checks and divergence reports after a fault."""
+    a = ctx.args
+    kind = fault.kind
+    t0 = fault.t_inject
+    if t_rec is None:
+        t_rec = mono()
+    # every connection must make progress after the recovery
+    stuck = wl.stuck_since(t_rec, a.progress_timeout)
+    take_workload_problems(fault, wl)
+    for c in stuck:
+        fault.add("stall", "%s: no reply in the %.1fs after the fault was dealt with"
+                  " (last reply %.0f ms before it)" % (
+                      c.name, a.progress_timeout,
+                      (t_rec - c.last()) * 1000 if c.last() else float("nan")))
+    gap, who = wl.pause(t0, t_rec)
+    fault.pause_ms, fault.pause_conn = gap * 1000.0, who
+    if fault.pause_ms > a.pause_bound_ms:
+        fault.add("pause", "longest gap between replies around the fault: %.0f ms on %s"
+                  " (bound %d ms)" % (fault.pause_ms, who, a.pause_bound_ms))
+    # a little more traffic, then read back what was acknowledged
+    time.sleep(ctx.rng.uniform(0.05, 0.25))
+    for cat, n, msg in wl.midcheck():
+        fault.add(cat, msg, n)
+    take_workload_problems(fault, wl)
+    if kind.startswith("bitflip"):
+        time.sleep(0.2)  # let the backups replay the read-back
+    # what did understudy say?
+    st, err = target.status()
+    text = target.log_since(off)
+    fault.log_lines = [ln for ln in text.splitlines() if ln.startswith("understudy")][:20]
+    divs = div_lines(text)
+    fault.divergence = bool(divs)
+    if kind == "bitflip-backup":
+        died = [ln for ln in text.splitlines()
+                if ("backup pid %d died" % fault.pid) in ln or
+                ("backup pid %d retired" % fault.pid) in ln]
+        if divs:
+            fault.outcome = "divergence reported: " + divs[0].strip()[:160]
+        elif died:
+            fault.outcome = "backup died: " + died[0].strip()[:160]
+        elif st is not None and fault.pid not in [int(b["pid"]) for b in running_backups(st)]:
+            fault.outcome = "backup gone without a report"
+        else:
+            fault.outcome = "no visible effect (backup still running)"
+        if st is None and target.alive():
+            fault.add("survival", "status does not answer after a bitflip into a backup: %s" % err)
+    elif kind == "bitflip-primary":
+        outcome = []
+        if st is None:
+            if target.alive():
+                fault.add("survival", "status does not answer after a bitflip into the primary"
+                          " while understudy run is alive: %s" % err)
+            else:
+                outcome.append("service ended: understudy run exited with status %s"
+                               % target.proc.returncode)
+        else:
+            if int(st.get("failovers", 0)) > 0 and int(st["primary"]["pid"]) != fault.pid:
+                outcome.append("primary died, failover to pid %s" % st["primary"]["pid"])
+        if divs:
+            outcome.append("divergence reported: " + divs[0].strip()[:160])
+        bad = [c for c, _ in fault.problems if c.startswith("info:")]
+        if bad:
+            outcome.append("client-visible effects: %s" % ",".join(sorted(set(c[5:] for c in bad))))
+        fault.outcome = "; ".join(outcome) or "no visible effect"
+    else:
+        if divs:
+            fault.add("divergence", "divergence reported after a %s: %s" % (kind, divs[0].strip()))
+        if st is None:
+            fault.add("survival", "status does not answer after the fault: %s" % err)
+        else:
+            # with min-backups >= 2 before a fault, one backup must be left
+            need = 1 if ctx.args.min_backups >= 2 else 0
+            if len(running_backups(st)) < need:
+                fault.add("survival", "no running backup left after one fault: %s"
+                          % json.dumps(st))
+        if not target.alive():
+            fault.add("survival", "understudy run exited (status %s) after a %s"
+                      % (target.proc.returncode, kind))
+
+
+# --------------------------------------------------------------------------
+# Rounds
+
+
+class Campaign:
+    def __init__(self, args, us, app_bins):
+        self.args = args
+        self.us = us
+        self.app_bins = app_bins
+        self.rng = random.Random(args.seed)
+        self.tracker = rh.Tracker()
+        self.faults = []
+        self.round_problems = []     # problems not attributable to a fault
+        self.targets = []
+        self.workloads = []
+        self.rounds = 0
+        self.kept_dirs = []
+        self.t_start = mono()
+        self.deadline = self.t_start + args.timeout - 20.0  # time to clean up and report
+        kinds = []
+        while len(kinds) < args.faults:
+            cyc = list(args.kinds)
+            self.rng.shuffle(cyc)
+            kinds += cyc
+        self.kinds = kinds[:args.faults]
+        self.prog_cycle = []
+
+    def next_program(self):
+        if not self.prog_cycle:
+            self.prog_cycle = list(self.args.programs)
+            self.rng.shuffle(self.prog_cycle)
+        return self.prog_cycle.pop()
+
+    def time_left(self):
+        return self.deadline - mono()
+
+    def run(self):
+        fault_i = 0
+        while fault_i < len(self.kinds):
+            if self.time_left() < 8.0:
+                self.round_problems.append(("info", "time budget exhausted: %d of %d faults"
+                                            " injected" % (fault_i, len(self.kinds))))
+                log("time budget exhausted after %d of %d faults" % (fault_i, len(self.kinds)))
+                break
+            self.rounds += 1
+            fault_i = self.run_round(self.rounds, self.next_program(), fault_i)
+
+    def run_round(self, rnd, program, fault_i):
+        a = self.args
+        rrng = random.Random("%d/round/%d" % (a.seed, rnd))
+        target = Target(self, program, rnd)
+        self.targets.append(target)
+        wl = None
+        round_faults = []
+        ok = True
+        try:
+            try:
+                target.start()
+            except (rh.StartError, uh.TestFailure, RuntimeError) as e:
+                self.round_problems.append(("survival", "round %d (%s) did not start: %s"
+                                            % (rnd, program, e)))
+                ok = False
+                return fault_i + 1 if rnd > 3 * len(self.kinds) else fault_i
+            if program == "redis":
+                wl = RedisWorkload(target.port, rrng, a.io_timeout)
+            else:
+                wl = AppWorkload(program, target.app, target.srv, target.workdir,
+                                 "%d/round/%d" % (a.seed, rnd), rrng, a.io_timeout)
+            self.workloads.append(wl)
+            wl.start()
+            if not wl.wait_first_replies(5.0):
+                self.round_problems.append(("stall", "round %d (%s): clients got no first reply"
+                                            " within 5 s" % (rnd, program)))
+            log("round %d: %s on port %d, %d connections" % (rnd, program, target.port,
+                                                            len(wl.conns)))
+            while fault_i < len(self.kinds) and self.time_left() > 6.0:
+                st, err = target.status()
+                if st is None:
+                    self.round_problems.append(("survival", "round %d: status failed before a"
+                                                " fault: %s" % (rnd, err)))
+                    ok = False
+                    break
+                if len(running_backups(st)) < a.min_backups:
+                    break
+                kind = self.kinds[fault_i]
+                fault_i += 1
+                fault = Fault(fault_i, rnd, program, kind)
+                self.faults.append(fault)
+                round_faults.append(fault)
+                # a random moment, with traffic running
+                time.sleep(rrng.uniform(a.min_delay, a.max_delay))
+                take_workload_problems(fault, wl)
+                st, err = target.status()
+                if st is None or len(running_backups(st)) < max(1, a.min_backups):
+                    fault.add("survival", "before the fault: %s" % (err or json.dumps(st)))
+                    break
+                off = target.log_size()
+                t_rec = inject_fault(self, target, wl, fault, st)
+                post_fault_checks(self, target, wl, fault, t_rec, off)
+                self.report_fault(fault)
+                if not target.alive() or kind.startswith("bitflip"):
+                    break
+                if fault.failing():
+                    break
+            # ---- end of round: exact final checks, clean shutdown
+            last = round_faults[-1] if round_faults else None
+            tainted = any(f.kind == "bitflip-primary" for f in round_faults)
+            off_end = target.log_size()
+            wl.stop()
+            final = []
+            if target.alive():
+                final += wl.final_check()
+            final += [(c, n, m) for c, n, m in wl.take_problems()]
+            stop_problems = target.stop(expect_dead=tainted)
+            if target.alive() is False:
+                final += wl.after_stop_check()
+            # late divergence reports (a tainted backup that ended differently)
+            late = div_lines(target.log_since(off_end))
+            sink = last if last is not None else None
+            for cat, n, msg in final:
+                if sink:
+                    sink.add(cat, "end of round: " + msg, n)
+                else:
+                    self.round_problems.append((cat, "round %d: %s" % (rnd, msg)))
+            for p in stop_problems:
+                if sink:
+                    sink.add("survival", "shutdown: " + p)
+                else:
+                    self.round_problems.append(("survival", "round %d: shutdown: %s" % (rnd, p)))
+            if sink and late:
+                if sink.kind == "bitflip-backup":
+                    if not sink.divergence:
+                        sink.late_divergence = True
+                        sink.outcome += "; divergence reported at shutdown: " + late[0][:120]
+                elif sink.kind != "bitflip-primary":
+                    sink.add("divergence", "divergence reported at shutdown: " + late[0])
+            log("round %d (%s) done: %s; %s" % (rnd, program, wl.summary(),
+                                               "final checks clean" if not final and
+                                               not stop_problems else
+                                               "%d final problem(s)" % (len(final) +
+                                                                        len(stop_problems))))
+            for f in round_faults:
+                if f.failing():
+                    ok = False
+            if any(c in FAILING for c, _ in self.round_problems):
+                ok = False
+            return fault_i
+        finally:
+            if wl is not None:
+                wl.abort()
+            target.cleanup()
+            if ok and not a.keep:
+                target.remove_dir()
+            else:
+                self.kept_dirs.append(target.workdir)
+                if not ok:
+                    log("round %d: files kept in %s" % (rnd, target.workdir))
+                    for ln in target.understudy_lines()[-15:]:
+                        log("   | " + ln)
+
+    def report_fault(self, f):
+        fl = f.failing()
+        log("fault #%d %s: %s; pause %.0f ms%s%s" % (
+            f.n, f.kind, f.outcome or "-", f.pause_ms,
+            "" if not f.divergence else "; divergence reported",
+            "" if not fl else "; FAILED: " + " | ".join("[%s] %s" % x for x in fl)))
+        for c, m in f.problems:
+            if c.startswith("info:"):
+                log("    (info, bitflip-primary) [%s] %s" % (c[5:], m))
+
+    def cleanup(self):
+        for wl in self.workloads:
+            wl.abort()
+        for t in self.targets:
+            t.cleanup()
+        uh.cleanup_all()
+        self.tracker.kill_all()
+
+    # ---- report
+    def table(self):
+        rows = []
+        for k in KINDS:
+            fs = [f for f in self.faults if f.kind == k]
+            rows.append({
+                "kind": k, "injected": len(fs), "survived": sum(1 for f in fs if f.survived),
+                "divergences_detected": sum(1 for f in fs if f.divergence or f.late_divergence),
+                "lost_writes": sum(f.lost for f in fs),
+                "duplicated_effects": sum(f.dup for f in fs),
+                "resets": sum(f.resets for f in fs),
+                "worst_pause_ms": round(max([f.pause_ms for f in fs] or [0.0]), 1),
+                "informational": k == "bitflip-primary"})
+        fs = self.faults
+        counted = [f for f in fs if f.kind != "bitflip-primary"]
+        total = {"kind": "total", "injected": len(fs), "survived": sum(1 for f in fs if f.survived),
+                 "divergences_detected": sum(1 for f in fs if f.divergence or f.late_divergence),
+                 "lost_writes": sum(f.lost for f in counted),
+                 "duplicated_effects": sum(f.dup for f in counted),
+                 "resets": sum(f.resets for f in counted),
+                 "worst_pause_ms": round(max([f.pause_ms for f in counted] or [0.0]), 1),
+                 "informational": False}
+        return rows, total
+
+    def print_table(self):
+        rows, total = self.table()
+        hdr = ("fault kind", "injected", "survived", "divergences", "lost writes",
+               "dup effects", "resets", "worst pause ms")
+        fmt = "%-16s %8s %8s %11s %11s %11s %7s %14s"
+        print()
+        print(fmt % hdr)
+        print(fmt % tuple("-" * len(h) for h in hdr))
+        for r in rows + [total]:
+            mark = "*" if r["informational"] and (r["lost_writes"] or r["duplicated_effects"]
+                                                 or r["resets"]) else ""
+            print(fmt % (r["kind"], r["injected"], r["survived"], r["divergences_detected"],
+                         "%d%s" % (r["lost_writes"], mark), "%d%s" % (r["duplicated_effects"], mark),
+                         "%d%s" % (r["resets"], mark), "%.0f" % r["worst_pause_ms"]))
+        print("(lost writes, dup effects and resets must be 0; bitflip-primary's are for"
+              " information only%s and not in the total)" % (", marked *" if any(
+                  r["informational"] and (r["lost_writes"] or r["duplicated_effects"] or r["resets"])
+                  for r in rows) else ""))
+        bb = [f for f in self.faults if f.kind == "bitflip-backup"]
+        if bb:
+            det = sum(1 for f in bb if f.divergence)
+            late = sum(1 for f in bb if f.late_divergence and not f.divergence)
+            died = sum(1 for f in bb if not f.divergence and f.outcome.startswith("backup died"))
+            none = len(bb) - det - late - died
+            print("bitflip-backup: %d divergence reported at once, %d at shutdown, %d backup"
+                  " died, %d with no visible effect" % (det, late, died, none))
+        bp = [f for f in self.faults if f.kind == "bitflip-primary"]
+        if bp:
+            print("bitflip-primary outcomes:")
+            for f in bp:
+                print("  #%d %s: %s" % (f.n, f.program, f.outcome))
+        return rows, total
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--faults", type=int, default=30, help="faults to inject (default 30)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    p.add_argument("--programs", default=",".join(PROGRAMS),
+                   help="comma list of %s (default all)" % ",".join(PROGRAMS))
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="comma list of fault kinds (default all: %s)" % ",".join(KINDS))
+    p.add_argument("--json", default=None, help="write the table and every fault to FILE")
+    p.add_argument("--replicas", type=int, default=3, help="understudy run --replicas (default 3)")
+    p.add_argument("--hang-timeout", type=int, default=300,
+                   help="understudy run --hang-timeout MS (default 300)")
+    p.add_argument("--run-arg", action="append", default=[],
+                   help="extra argument for `understudy run` (repeatable)")
+    p.add_argument("--min-backups", type=int, default=2,
+                   help="running backups needed before a fault; fewer: new run (default 2)")
+    p.add_argument("--pause-bound-ms", type=int, default=1000,
+                   help="max client-visible pause around a fault (default 1000)")
+    p.add_argument("--min-delay", type=float, default=0.15,
+                   help="min seconds of traffic before a fault (default 0.15)")
+    p.add_argument("--max-delay", type=float, default=0.8,
+                   help="max seconds of traffic before a fault (default 0.8)")
+    p.add_argument("--bitflip-settle", type=float, default=0.3,
+                   help="seconds of traffic after a bitflip before looking (default 0.3)")
+    p.add_argument("--progress-timeout", type=float, default=3.0,
+                   help="seconds every connection gets to reply after a fault (default 3)")
+    p.add_argument("--io-timeout", type=float, default=5.0,
+                   help="a client waiting this long for a reply fails (default 5)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="overall bound in seconds (default 60 + 8 per fault)")
+    p.add_argument("--echo-server", default=None)
+    p.add_argument("--time-random-server", default=None)
+    p.add_argument("--stdio-append-server", default=None)
+    p.add_argument("--keep", action="store_true", help="keep every round's directory")
+    a = p.parse_args()
+    a.programs = [x.strip() for x in a.programs.split(",") if x.strip()]
+    bad = [x for x in a.programs if x not in PROGRAMS]
+    if bad or not a.programs:
+        p.error("unknown program(s) %s; choose from %s" % (bad, PROGRAMS))
+    a.kinds = [x.strip() for x in a.kinds.split(",") if x.strip()]
+    bad = [x for x in a.kinds if x not in KINDS]
+    if bad or not a.kinds:
+        p.error("unknown fault kind(s) %s; choose from %s" % (bad, KINDS))
+    if a.faults < 1:
+        p.error("--faults must be >= 1")
+    if not 2 <= a.replicas <= 8:
+        p.error("--replicas must be 2..8")
+    if not 1 <= a.min_backups <= a.replicas - 1:
+        p.error("--min-backups must be 1..replicas-1")
+    if a.min_delay < 0 or a.max_delay < a.min_delay:
+        p.error("bad --min-delay/--max-delay")
+    if a.timeout is None:
+        a.timeout = 60.0 + 8.0 * a.faults
+    if a.timeout < 30:
+        p.error("--timeout must be >= 30")
+    return a
+
+
+def main():
+    a = parse_args()
+    rh.set_log_prefix("[campaign]")
+    us = uh.understudy_path()
+    if us is None:
+        print("SKIP: $UNDERSTUDY is not set to an executable file")
+        return SKIP
+    us = os.path.abspath(us)
+    if a.seed is None:
+        a.seed = random.SystemRandom().randrange(1 << 31)
+    app_bins = {}
+    for prog, opt in (("echo", a.echo_server), ("time_random", a.time_random_server),
+                      ("stdio_append", a.stdio_append_server)):
+        path = opt or uh.default_server_path(APP_BINARIES[prog])
+        app_bins[prog] = os.path.abspath(path)
+    dropped = []
+    for prog in list(a.programs):
+        if prog == "redis":
+            if shutil.which("redis-server") is None:
+                dropped.append("redis (redis-server not in PATH)")
+                a.programs.remove(prog)
+        elif not (os.path.isfile(app_bins[prog]) and os.access(app_bins[prog], os.X_OK)):
+            dropped.append("%s (%s not found)" % (prog, app_bins[prog]))
+            a.programs.remove(prog)
+    if dropped:
+        log("not available, left out: %s" % "; ".join(dropped))
+    if not a.programs:
+        print("SKIP: none of the programs is available")
+        return SKIP
+
+    log("seed %d: %d faults over %s; kinds %s; understudy %s run --replicas %d"
+        " --hang-timeout %d; pause bound %d ms; min backups before a fault %d; timeout %.0fs"
+        % (a.seed, a.faults, ",".join(a.programs), ",".join(a.kinds), us, a.replicas,
+           a.hang_timeout, a.pause_bound_ms, a.min_backups, a.timeout))
+    log("reproduce with: %s --seed %d --faults %d --programs %s%s"
+        % (os.path.abspath(__file__), a.seed, a.faults, ",".join(a.programs),
+           "" if a.kinds == KINDS else " --kinds " + ",".join(a.kinds)))
+
+    rh.install_fatal_handlers()
+    rh.install_deadline(a.timeout)
+    camp = Campaign(a, us, app_bins)
+
+    def hard_stop():
+        log("FAIL: hard time limit exceeded; killing everything")
+        try:
+            camp.cleanup()
+        finally:
+            sys.stdout.flush()
+            os._exit(FAIL)
+    watchdog = threading.Timer(a.timeout + 30.0, hard_stop)
+    watchdog.daemon = True
+    watchdog.start()
+
+    interrupted = None
+    t0 = mono()
+    try:
+        camp.run()
+    except rh.Deadline as e:
+        interrupted = str(e)
+    except SystemExit as e:
+        interrupted = "interrupted (signal %s)" % (e.code - 128 if isinstance(e.code, int)
+                                                   else e.code)
+    except KeyboardInterrupt:
+        interrupted = "interrupted (Ctrl-C)"
+    finally:
+        signal.alarm(0)
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        camp.cleanup()
+        left = camp.tracker.alive()
+        camp.tracker.close()
+        watchdog.cancel()
+    elapsed = mono() - t0
+    problems = list(camp.round_problems)
+    if interrupted:
+        problems.append(("survival", interrupted))
+    if left:
+        problems.append(("survival", "processes left behind (now killed): %s" % left))
+
+    rows, total = camp.print_table()
+    print("%d faults in %d rounds in %.1fs (seed %d)" % (len(camp.faults), camp.rounds,
+                                                          elapsed, a.seed))
+    failing_faults = [f for f in camp.faults if f.failing()]
+    failing_other = [(c, m) for c, m in problems if c in FAILING]
+    for c, m in problems:
+        if c not in FAILING:
+            print("note: %s" % m)
+    must_zero = total["lost_writes"] + total["duplicated_effects"] + total["resets"]
+    passed = not failing_faults and not failing_other and must_zero == 0 and camp.faults
+    if a.json:
+        doc = {"seed": a.seed, "faults_requested": a.faults, "programs": a.programs,
+               "kinds": a.kinds, "replicas": a.replicas, "hang_timeout_ms": a.hang_timeout,
+               "pause_bound_ms": a.pause_bound_ms, "min_backups": a.min_backups,
+               "elapsed_s": round(elapsed, 1), "rounds": camp.rounds,
+               "table": rows, "total": total, "pass": bool(passed),
+               "problems": problems, "faults": [f.as_dict() for f in camp.faults],
+               "kept_dirs": camp.kept_dirs}
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print("table written to %s" % a.json)
+    if passed:
+        print("PASS (seed %d)" % a.seed)
+        return PASS
+    print("FAIL (seed %d):" % a.seed)
+    for f in failing_faults:
+        for c, m in f.failing():
+            print("  - fault #%d (round %d, %s, %s): [%s] %s"
+                  % (f.n, f.round, f.program, f.kind, c, m.replace("\n", "\n      ")))
+    for c, m in failing_other:
+        print("  - [%s] %s" % (c, m.replace("\n", "\n      ")))
+    if not camp.faults:
+        print("  - no fault was injected")
+    if camp.kept_dirs:
+        print("files kept in: %s" % " ".join(camp.kept_dirs))
+    return FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
