@@ -213,6 +213,22 @@ static void promote_process(void)
     ctl_send(&m);
 }
 
+/* Every thread's ring consumed: no thread of ours still has to replay. */
+static int all_drained(void)
+{
+    struct us_log_header *h = us_log_.hdr;
+    unsigned n = __atomic_load_n(&h->nthreads, __ATOMIC_ACQUIRE);
+    for (unsigned r = 0; r <= n && r < US_MAX_THREADS; r++) {
+        if (!__atomic_load_n(&h->ring[r].in_use, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&us_threads[r].mode, __ATOMIC_ACQUIRE) == US_MODE_RECORD)
+            continue; /* no thread, or already live (and writing this ring) */
+        if (__atomic_load_n(&h->ring[r].consumer[us_slot].tail, __ATOMIC_ACQUIRE) !=
+            __atomic_load_n(&h->ring[r].head, __ATOMIC_ACQUIRE))
+            return 0;
+    }
+    return 1;
+}
+
 void us_promote(struct us_thread *t)
 {
     int expected = 0;
@@ -221,10 +237,20 @@ void us_promote(struct us_thread *t)
         promote_process();
         __atomic_store_n(&promote_state, 2, __ATOMIC_RELEASE);
     } else {
-        while (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) != 2)
-            { struct timespec ts = {0, 100000}; US_SYSCALL2(SYS_nanosleep, &ts, 0); }
+        while (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) != 2) {
+            struct timespec ts = {0, 100000};
+            US_SYSCALL2(SYS_nanosleep, &ts, 0);
+        }
     }
-    t->mode = US_MODE_RECORD;
+    /* All threads go live together: one that went live while another still
+     * replays could take a lock out of the logged order. Whatever a replaying
+     * thread still waits for was done, in the primary, before its last event,
+     * so it comes. */
+    while (!all_drained()) {
+        struct timespec ts = {0, 50000};
+        US_SYSCALL2(SYS_nanosleep, &ts, 0);
+    }
+    __atomic_store_n(&t->mode, US_MODE_RECORD, __ATOMIC_RELEASE);
 }
 
 /* A connection the dead primary accepted on `listen_fd` but never logged. */

@@ -21,6 +21,7 @@
 #include <sched.h>
 #include <string.h>
 #include <time.h>
+#include <linux/futex.h>
 
 #include "engine.h"
 
@@ -30,24 +31,49 @@ enum sync_op { SYNC_LOCK = 1, SYNC_TRYLOCK = 2, SYNC_COND_RELOCK = 3, SYNC_TIMED
 
 /* Versions of the mutexes of this replica: open addressing on the address. */
 #define NSLOTS 65536
+struct version {
+    uint32_t lo, hi;     /* the version; `lo` doubles as the futex word */
+    uint32_t waiters;    /* backup threads sleeping on `lo` */
+    uint32_t pad;
+};
+
 static struct {
     uintptr_t addr;
-    uint64_t version;
+    struct version v;
 } slots[NSLOTS];
 
-static uint64_t *version_of(const void *m)
+static inline uint64_t version_get(const struct version *v)
+{
+    uint32_t hi, lo;
+    do {
+        hi = __atomic_load_n(&v->hi, __ATOMIC_ACQUIRE);
+        lo = __atomic_load_n(&v->lo, __ATOMIC_ACQUIRE);
+    } while (hi != __atomic_load_n(&v->hi, __ATOMIC_ACQUIRE));
+    return (uint64_t)hi << 32 | lo;
+}
+
+/* Only the holder of the mutex sets its version. */
+static inline void version_set(struct version *v, uint64_t value)
+{
+    __atomic_store_n(&v->hi, (uint32_t)(value >> 32), __ATOMIC_RELEASE);
+    __atomic_store_n(&v->lo, (uint32_t)value, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&v->waiters, __ATOMIC_SEQ_CST))
+        US_SYSCALL3(SYS_futex, &v->lo, FUTEX_WAKE_PRIVATE, 0x7fffffff);
+}
+
+static struct version *version_of(const void *m)
 {
     uintptr_t a = (uintptr_t)m;
     unsigned i = (unsigned)((a >> 3) * 0x9E3779B1u) & (NSLOTS - 1);
     for (unsigned n = 0; n < NSLOTS; n++, i = (i + 1) & (NSLOTS - 1)) {
         uintptr_t cur = __atomic_load_n(&slots[i].addr, __ATOMIC_ACQUIRE);
         if (cur == a)
-            return &slots[i].version;
+            return &slots[i].v;
         if (cur == 0) {
             uintptr_t zero = 0;
             if (__atomic_compare_exchange_n(&slots[i].addr, &zero, a, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE) || zero == a)
-                return &slots[i].version;
+                return &slots[i].v;
         }
     }
     us_fatal("more than %d mutexes in use", NSLOTS);
@@ -110,26 +136,41 @@ static struct us_event *expect(struct us_thread *t, int op, const void *m)
     return ev;
 }
 
-/* Backup: take `m` as the acquisition number `version` of it. */
+/* Backup: take `m` as the acquisition number `version` of it. The thread
+ * before us in the log's order wakes us when it sets its version. */
 static void acquire_in_order(pthread_mutex_t *m, uint64_t version)
 {
-    uint64_t *v = version_of(m);
-    for (unsigned spins = 0; __atomic_load_n(v, __ATOMIC_ACQUIRE) != version - 1; spins++) {
-        if (spins < 2000)
+    struct version *v = version_of(m);
+    for (unsigned spins = 0;; spins++) {
+        uint64_t cur = version_get(v);
+        if (cur == version - 1)
+            break;
+        if (spins < 100) {
             __builtin_ia32_pause();
-        else
-            sched_yield();
+            continue;
+        }
+        if (spins < 200) {
+            /* the thread we wait for may be runnable on this very CPU */
+            US_SYSCALL0(SYS_sched_yield);
+            continue;
+        }
+        __atomic_add_fetch(&v->waiters, 1, __ATOMIC_SEQ_CST);
+        if (version_get(v) == cur) {
+            struct timespec ts = {0, 10000000}; /* re-check at least every 10 ms */
+            US_SYSCALL4(SYS_futex, &v->lo, FUTEX_WAIT_PRIVATE, (uint32_t)cur, &ts);
+        }
+        __atomic_sub_fetch(&v->waiters, 1, __ATOMIC_SEQ_CST);
     }
     real_lock(m);
-    __atomic_store_n(v, version, __ATOMIC_RELEASE);
+    version_set(v, version);
 }
 
 /* Primary: we hold `m` now; log which acquisition of it this is. */
 static void note_acquired(struct us_thread *t, int op, pthread_mutex_t *m, int ret)
 {
-    uint64_t *v = version_of(m);
-    uint64_t mine = __atomic_load_n(v, __ATOMIC_RELAXED) + 1;
-    __atomic_store_n(v, mine, __ATOMIC_RELEASE);
+    struct version *v = version_of(m);
+    uint64_t mine = version_get(v) + 1;
+    version_set(v, mine);
     t->in_engine = 1;
     record(t, op, m, mine, ret);
     t->in_engine = 0;
@@ -179,16 +220,24 @@ static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, const struct times
     if (!t)
         return abstime ? real_cond_timedwait(c, m, abstime) : real_cond_wait(c, m);
     if (t->mode == US_MODE_REPLAY) {
+        /* The wait releases the mutex first, as the primary's did, before
+         * the re-acquisition is even logged. */
+        real_unlock(m);
         struct us_event *ev = expect(t, SYNC_COND_RELOCK, m);
         if (ev) {
             int ret = (int)ev->ret;
             uint64_t version = ev->check;
             us_consume(t, ev);
-            real_unlock(m);
             acquire_in_order(m, version);
             return ret;
         }
+        /* Promoted while waiting: wake up spuriously (allowed), holding the
+         * mutex again, as a primary now. */
         us_promote(t);
+        int r = real_lock(m);
+        if (r == 0)
+            note_acquired(t, SYNC_COND_RELOCK, m, 0);
+        return r;
     }
     int r = abstime ? real_cond_timedwait(c, m, abstime) : real_cond_wait(c, m);
     note_acquired(t, SYNC_COND_RELOCK, m, r);

@@ -95,6 +95,9 @@ static void spawn_replica(struct us_supervisor *s, int slot, int role)
     }
     if (pid == 0) {
         setpgid(0, 0);
+        /* No replica outlives its supervisor: without it there is no failover
+         * and no one to stop them. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         sched_setaffinity(0, sizeof(cpu_set_t), &s->opt.cpus[slot]);
         personality(ADDR_NO_RANDOMIZE);
         signal(SIGPIPE, SIG_DFL);
@@ -612,6 +615,12 @@ int us_run(struct us_run_options *opt)
         reap(s);
         usleep(1000);
     }
+    if (!s->shutting_down)
+        for (int i = 0; i < opt->replicas; i++)
+            if (s->rep[i].alive && i != s->primary)
+                us_say_sup(s, "backup pid %d had not finished replaying 3 s after the program "
+                              "ended (%lu events behind); stopped",
+                           (int)s->rep[i].pid, (unsigned long)us_backup_lag(s, i));
     s->log.hdr->shutdown = 1;
     stop_all(s);
     reap(s);
