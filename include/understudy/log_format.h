@@ -166,7 +166,7 @@ struct us_log_header {
     uint32_t shutdown;      /* supervisor asked the program to stop */
     int32_t program_pid;    /* the pid the program sees, whichever replica
                                serves it: the first primary's */
-    uint32_t pad;
+    int32_t supervisor_pid; /* keepers exit when it is gone */
     struct us_replica replica[US_MAX_REPLICAS];
     struct us_ring_ctl ring[US_MAX_THREADS];
 };

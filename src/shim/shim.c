@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "engine.h"
 
@@ -42,21 +43,29 @@ static long env_number(const char *name)
     return v;
 }
 
-static US_NORETURN void keeper_main(void)
+/* The keeper outlives the primary but not the supervisor, which kills it
+ * when it is done with it. It may open no fd (the table is the program's), so
+ * it looks for its supervisor twice a second. */
+static US_NORETURN void keeper_main(long supervisor)
 {
     US_SYSCALL2(SYS_prctl, PR_SET_NAME, "understudy-keep");
-    for (;;)
-        US_SYSCALL0(SYS_pause);
+    for (;;) {
+        struct timespec ts = {0, 500000000};
+        US_SYSCALL2(SYS_nanosleep, &ts, 0);
+        if (US_SYSCALL2(SYS_kill, supervisor, 0) == -3 /* ESRCH */)
+            US_SYSCALL1(SYS_exit_group, 0);
+    }
 }
 
 /* Starts a process sharing our fd table; returns its pid. */
 long us_spawn_keeper(void);
 long us_spawn_keeper(void)
 {
+    long supervisor = us_log_.hdr->supervisor_pid;
     /* No exit signal: the program's wait() never sees it. */
     long r = US_SYSCALL5(SYS_clone, CLONE_FILES, 0, 0, 0, 0);
     if (r == 0)
-        keeper_main();
+        keeper_main(supervisor);
     if (r < 0)
         us_fatal("cannot start the fd keeper (clone: %ld)", r);
     return r;

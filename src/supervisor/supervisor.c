@@ -450,7 +450,11 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
     else
         snprintf(why, sizeof(why), "was killed by signal %d", WTERMSIG(st));
     s->primary_hung = 0;
-    if (us_failover(s, why, WIFSIGNALED(st) ? WTERMSIG(st) : 0) < 0) {
+    /* Only a fault a replica can repeat on its own makes a deterministic crash. */
+    int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+    int fault = sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE ||
+                sig == SIGABRT || sig == SIGTRAP || sig == SIGSYS;
+    if (us_failover(s, why, fault ? sig : 0) < 0) {
         s->exit_status = status_code(st);
         s->done = 1;
     }
@@ -547,6 +551,7 @@ int us_run(struct us_run_options *opt)
     s->log.hdr = p;
     s->log.size = total;
     us_log_format(&s->log, opt->ring_size, (uint32_t)opt->replicas, opt->max_lag_events);
+    s->log.hdr->supervisor_pid = (int32_t)getpid();
 
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigset_t mask;

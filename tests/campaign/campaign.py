@@ -7,8 +7,9 @@ under load, with exact client-side checks after every fault.
 
 Each round picks a program and starts it as
     $UNDERSTUDY run --replicas 3 --hang-timeout 300 --control <dir>/ctl.sock -- PROGRAM...
-drives it with real clients on long-lived TCP connections, and injects
-faults with `understudy inject` at random moments into random replicas:
+drives it with real clients (long-lived TCP connections plus one client that
+keeps opening short ones, so that faults also land on accept and close), and
+injects faults with `understudy inject` at random moments into random replicas:
 
   crash-primary, hang-primary   the primary is SIGKILLed / SIGSTOPped; a
                                 backup must take over the same connections
@@ -16,7 +17,10 @@ faults with `understudy inject` at random moments into random replicas:
                                 the service must not notice
   bitflip-backup                one random bit of a backup's memory; whether a
                                 divergence is reported is counted (a flip that
-                                changed nothing may legitimately go unseen)
+                                changed nothing may legitimately go unseen).
+                                Where: understudy's own random pick, the
+                                program's data/bss, [heap], or one of the
+                                program's variables (nm), at random
   bitflip-primary               one random bit of the primary's memory: this
                                 may corrupt the service itself, so only
                                 understudy's own survival is asserted; data
@@ -47,6 +51,12 @@ bitflip (the flipped replica is tainted).
 
 Prints a table per fault kind: injected, survived, divergences detected, lost
 writes, duplicated effects, resets (these three must be 0), worst pause.
+The seed is printed; --seed S repeats the same programs, fault kinds, target
+replicas, bitflip addresses and delays (not the servers' own timing).
+--self-check instead sabotages a few rounds behind the clients' back (a key
+deleted, an extra INCR, a line appended twice, an extra request, the primary
+frozen for 1.3 s, the whole service killed) and passes only if every one of
+them is flagged.
 Exit status: 0 pass, 1 fail (a must-be-zero count or a survival check), 77
 skip ($UNDERSTUDY not an executable). Every process started is killed by pid
 (and process group) on exit, on failure, on Ctrl-C and at the --timeout.
@@ -54,6 +64,7 @@ skip ($UNDERSTUDY not an executable). Every process started is killed by pid
 
 import argparse
 import bisect
+import gc
 import json
 import os
 import random
@@ -105,7 +116,7 @@ def log(msg):
     rh.log(msg)
 
 
-class Interrupted(Exception):
+class CampaignAbort(Exception):
     pass
 
 
@@ -147,6 +158,25 @@ def max_gap(times, t0, t1, now):
     return best
 
 
+def gaps_within(times, t0, t1):
+    """Longest gap between consecutive replies both inside [t0, t1)."""
+    n = len(times)
+    i = bisect.bisect_left(times, t0, 0, n)
+    j = bisect.bisect_left(times, t1, 0, n)
+    best = 0.0
+    for k in range(i + 1, j):
+        best = max(best, times[k] - times[k - 1])
+    return best
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
+
+
 def classify_connlost(msg):
     """Category of a connection-level failure message."""
     low = msg.lower()
@@ -168,10 +198,12 @@ class Workload:
         self.lock = threading.Lock()
         self.problems = []
         self.socks = []
+        self.aborted = False
 
     def problem(self, cat, msg, n=1):
         with self.lock:
-            self.problems.append((cat, n, msg))
+            if not self.aborted:    # after abort(): fallout, not findings
+                self.problems.append((cat, n, msg))
 
     def take_problems(self):
         with self.lock:
@@ -204,15 +236,23 @@ class Workload:
             time.sleep(0.01)
 
     def pause(self, t0, t1):
+        """(longest gap overlapping [t0, t1], its connection, the longest gap
+        of every connection)."""
         now = mono()
-        best, who = 0.0, None
+        best, who, each = 0.0, None, {}
         for c in self.conns:
             if not c.times and c.error:
                 continue
             g = max_gap(c.times, t0, t1, now if c.error is None and not c.finished else t1)
+            each[c.name] = g
             if g > best:
                 best, who = g, c.name
-        return best, who
+        return best, who, each
+
+    def baseline(self, t0, t1):
+        """Longest gap between replies inside [t0, t1) over all connections:
+        the noise level of the machine and the client before a fault."""
+        return max([gaps_within(c.times, t0, t1) for c in self.conns] or [0.0])
 
     def shutdown_sockets(self):
         for s in list(self.socks):
@@ -236,6 +276,8 @@ class Workload:
                 t.join(2)
 
     def abort(self):
+        with self.lock:
+            self.aborted = True
         self.stop_ev.set()
         self.shutdown_sockets()
 
@@ -279,6 +321,12 @@ class RedisWorkload(Workload):
                 target = self._set_loop
             self.threads.append(threading.Thread(target=target, args=(i, cs, conn),
                                                  name="redis-%s-%d" % (kind, i), daemon=True))
+        i = REDIS_INCR_CONNS + REDIS_SET_CONNS
+        cs = ConnStats("redis churn client (set)")
+        self.conns.append(cs)
+        self.set_count[i] = 0
+        self.threads.append(threading.Thread(target=self._churn_loop, args=(i, cs),
+                                             name="redis-churn", daemon=True))
 
     def key(self, i, n):
         return "k:%d:%d" % (i, n)
@@ -304,10 +352,9 @@ class RedisWorkload(Workload):
                                  % (cs.name, r, last), last - r + 1)
                 vals.append(r)
         except rh.ConnLost as e:
-            if not self.stop_ev.is_set() or "EOF" in str(e) or "reset" in str(e).lower():
-                cat = classify_connlost(str(e))
-                cs.error = (cat, "%s after %d replies: %s" % (cs.name, len(vals), e))
-                self.problem(cat, cs.error[1])
+            cat = classify_connlost(str(e))
+            cs.error = (cat, "%s after %d replies: %s" % (cs.name, len(vals), e))
+            self.problem(cat, cs.error[1])
         except Exception as e:
             cs.error = ("corrupt", "%s: %r" % (cs.name, e))
             self.problem("corrupt", cs.error[1])
@@ -324,6 +371,36 @@ class RedisWorkload(Workload):
                     self.problem("corrupt", cs.error[1])
                     return
                 self.set_count[i] = n + 1
+        except rh.ConnLost as e:
+            cat = classify_connlost(str(e))
+            cs.error = (cat, "%s after %d SETs: %s" % (cs.name, self.set_count[i], e))
+            self.problem(cat, cs.error[1])
+        except Exception as e:
+            cs.error = ("corrupt", "%s: %r" % (cs.name, e))
+            self.problem("corrupt", cs.error[1])
+
+    def _churn_loop(self, i, cs):
+        """Short connections: connect, 1-4 SETs, close; so that faults also
+        land on accept() and close()."""
+        rng = random.Random(self.salt + i)
+        try:
+            while not self.stop_ev.is_set():
+                conn = rh.Resp(self.port, timeout=self.io_timeout)
+                try:
+                    for _ in range(rng.randint(1, 4)):
+                        n = self.set_count[i]
+                        conn.send("SET", self.key(i, n), self.value(i, n))
+                        r = conn.read()
+                        cs.times.append(mono())
+                        if r != "OK":
+                            cs.error = ("corrupt", "%s: SET %s replied %r"
+                                        % (cs.name, self.key(i, n), r))
+                            self.problem("corrupt", cs.error[1])
+                            return
+                        self.set_count[i] = n + 1
+                finally:
+                    conn.close()
+                self.stop_ev.wait(0.03)
         except rh.ConnLost as e:
             cat = classify_connlost(str(e))
             cs.error = (cat, "%s after %d SETs: %s" % (cs.name, self.set_count[i], e))
@@ -410,12 +487,18 @@ class RedisWorkload(Workload):
                 final = int(final) if final is not None else 0
                 top = max(allv) if allv else 0
                 distinct = len(set(allv))
-                if top > distinct:
+                if top > distinct and top - distinct > max(distinct, 1000):
+                    out.append(("corrupt", 1, "INCR replies reach %d with only %d distinct"
+                                " values acknowledged" % (top, distinct)))
+                elif top > distinct:
                     out.append(("dup", top - distinct,
                                 "INCR replies reach %d but only %d distinct values were"
                                 " acknowledged: %d increment(s) applied without a reply"
                                 " (applied twice)" % (top, distinct, top - distinct)))
-                if final > top:
+                if abs(final - top) > max(top, len(allv)):
+                    out.append(("corrupt", 1, "counter is %d, the last acknowledged INCR"
+                                " returned %d" % (final, top)))
+                elif final > top:
                     out.append(("dup", final - top, "counter is %d, the last acknowledged INCR"
                                 " returned %d" % (final, top)))
                 elif final < top:
@@ -423,7 +506,9 @@ class RedisWorkload(Workload):
                                 " acknowledged with %d" % (final, top)))
                 expect = sum(counts.values()) + (1 if allv else 0)
                 size = c.call("DBSIZE")
-                if size != expect:
+                # a consistency check; not counted again when a key was
+                # already reported missing or extra
+                if size != expect and not any(x[0] in ("lost", "dup") for x in out):
                     out.append(("dup" if size > expect else "lost", abs(size - expect),
                                 "DBSIZE is %d, expected exactly %d (acknowledged keys + counter)"
                                 % (size, expect)))
@@ -498,59 +583,88 @@ class AppWorkload(Workload):
             self.socks.append(conn.sock)
             self.threads.append(threading.Thread(target=self._client, args=(cid, cs, conn),
                                                  name="%s-client-%d" % (name, cid), daemon=True))
+        cs = ConnStats("%s churn client" % name)
+        self.conns.append(cs)
+        self.threads.append(threading.Thread(target=self._client, args=(APP_CLIENTS, cs, None),
+                                             name="%s-churn" % name, daemon=True))
 
     def _client(self, cid, cs, conn):
+        """One long-lived connection (conn), or with conn None the churn
+        client: short connections of 1-3 batches each, one after the other,
+        so that faults also land on accept() and close()."""
         rng = random.Random("%s/client/%d" % (self.seed_str, cid))
-        key = (cid, 0)
-        index = 0
-        chunk = 0
-        history = []
+        st = {"chunk": 0, "index": 0}
+        churn = conn is None
+        sess = 0
         try:
             while not self.stop_ev.is_set():
-                k = rng.randint(1, APP_WINDOW)
-                with self.mk_lock:
-                    # make_requests counts what was asked for (the final
-                    # checks compare with it): every batch is completed.
-                    reqs = self.app.make_requests(chunk * APP_CLIENTS + cid, rng, k)
-                    self.requests += k
-                chunk += 1
-                conn.send(b"".join(r + b"\n" for r in reqs), rng)
-                for j, req in enumerate(reqs):
-                    reply = conn.readline("reply to request #%d" % index)
-                    cs.times.append(mono())
-                    last_ok = self._last_ok(key)
+                if churn:
+                    conn = self.ctx.connect("%s churn session %d" % (self.name, sess))
+                    batches = rng.randint(1, 3)
+                else:
+                    batches = None
+                key = (cid, sess)
+                st["index"] = 0
+                history = []
+                try:
+                    while not self.stop_ev.is_set() and (batches is None or batches > 0):
+                        if not self._batch(cid, cs, conn, key, rng, st, history):
+                            return
+                        if batches is not None:
+                            batches -= 1
+                    # Half-close: the server must close with no byte after the
+                    # last reply (a duplicated reply would show up here).
                     try:
-                        self.app.check_reply(key, index, req, reply)
+                        conn.finish()
                     except uh.TestFailure as e:
-                        cat = self._classify(req, reply, index, str(e), history,
-                                             reqs[j + 1:], last_ok)
-                        cs.error = (cat, "%s: %s" % (cs.name, e))
-                        self.problem(cat, cs.error[1])
+                        msg = str(e)
+                        cat = "dup" if "extra bytes" in msg else classify_connlost(msg)
+                        cs.error = (cat, msg)
+                        self.problem(cat, msg)
                         return
-                    history.append(req)
-                    if len(history) > 64:
-                        del history[:32]
-                    index += 1
-            # Half-close: the server must close with no byte after the last
-            # reply (a duplicated reply would show up here).
-            try:
-                conn.finish()
-            except uh.TestFailure as e:
-                msg = str(e)
-                cat = "dup" if "extra bytes" in msg else classify_connlost(msg)
-                cs.error = (cat, msg)
-                self.problem(cat, msg)
+                finally:
+                    self.ctx.forget(conn)
+                    conn.close()
+                if not churn:
+                    break
+                sess += 1
+                self.stop_ev.wait(0.03)
             cs.finished = True
         except uh.TestFailure as e:
             cat = classify_connlost(str(e))
-            cs.error = (cat, "%s after %d replies: %s" % (cs.name, index, e))
+            cs.error = (cat, "%s after %d replies: %s" % (cs.name, st["index"], e))
             self.problem(cat, cs.error[1])
         except Exception as e:
             cs.error = ("corrupt", "%s: unexpected %r" % (cs.name, e))
             self.problem("corrupt", cs.error[1])
-        finally:
-            self.ctx.forget(conn)
-            conn.close()
+
+    def _batch(self, cid, cs, conn, key, rng, st, history):
+        """Send one pipelined batch and check its replies; False after a bad one."""
+        k = rng.randint(1, APP_WINDOW)
+        with self.mk_lock:
+            # make_requests counts what was asked for (the final checks
+            # compare with it): every batch is completed.
+            reqs = self.app.make_requests(st["chunk"] * (APP_CLIENTS + 1) + cid, rng, k)
+            self.requests += k
+        st["chunk"] += 1
+        conn.send(b"".join(r + b"\n" for r in reqs), rng)
+        for j, req in enumerate(reqs):
+            index = st["index"]
+            reply = conn.readline("reply to request #%d" % index)
+            cs.times.append(mono())
+            last_ok = self._last_ok(key)
+            try:
+                self.app.check_reply(key, index, req, reply)
+            except uh.TestFailure as e:
+                cat = self._classify(req, reply, index, str(e), history, reqs[j + 1:], last_ok)
+                cs.error = (cat, "%s: %s" % (cs.name, e))
+                self.problem(cat, cs.error[1])
+                return False
+            history.append(req)
+            if len(history) > 64:
+                del history[:32]
+            st["index"] = index + 1
+        return True
 
     def _last_ok(self, key):
         if self.name == "stdio_append":
@@ -576,11 +690,8 @@ class AppWorkload(Workload):
                 data = f.read()
         except OSError as e:
             return [("lost", len(acks), "cannot read %s: %s" % (app.path, e))]
-        lines = data.split(b"\n")
-        if not final or not data.endswith(b"\n"):
-            lines = lines[:-1]  # a line being written right now
-        else:
-            lines = lines[:-1]
+        # the last piece is empty, or (mid-run) a line being written right now
+        lines = data.split(b"\n")[:-1]
         counts = {}
         for ln in lines:
             counts[ln] = counts.get(ln, 0) + 1
@@ -617,6 +728,8 @@ class AppWorkload(Workload):
             re.search(r"(\d+) data replies for (\d+) data requests", msg)
         if m:
             a, b = int(m[1]), int(m[2])
+            if abs(a - b) > max(b, self.requests):
+                return "corrupt", 1     # a counter that is garbage, not off by some
             if a > b:
                 return "dup", a - b
             if a < b:
@@ -724,6 +837,8 @@ class Target:
             for pid in status_pids(st):
                 self.ctx.tracker.add(pid, "%s replica" % self.label)
             return st, None
+        except rh.Deadline:
+            raise
         except Exception as e:  # RuntimeError, TestFailure, TimeoutExpired
             return None, str(e) or repr(e)
 
@@ -743,10 +858,11 @@ class Target:
                     timeout, json.dumps(last), err)
             time.sleep(0.01)
 
-    def inject(self, who, fault):
+    def inject(self, who, fault, address=None):
+        extra = ["--address", "%x" % address] if address else []
         try:
             r = subprocess.run([self.ctx.us, "inject", "--control", self.ctl, "--replica",
-                                str(who), fault], stdin=subprocess.DEVNULL,
+                                str(who), fault] + extra, stdin=subprocess.DEVNULL,
                                capture_output=True, text=True, timeout=5)
             return r.returncode, (r.stdout + r.stderr).strip()
         except subprocess.TimeoutExpired:
@@ -770,18 +886,18 @@ class Target:
         return [ln for ln in self.log_since(off).splitlines() if ln.startswith("understudy")]
 
     # ---- stop
-    def stop(self, expect_dead=False):
+    def stop(self, expect_dead=False, timeout=10.0):
         """SIGTERM; returns a list of problems (exit status, leftovers)."""
         self.stopped = True
         out = []
         if self.program == "redis":
-            out += self.srv.stop(timeout=10.0, expect_dead=expect_dead)
+            out += self.srv.stop(timeout=timeout, expect_dead=expect_dead)
             out = [p.split("\n")[0] for p in out if not p.startswith(self.label + " log tail")]
         else:
             if self.alive():
                 self.track()
                 try:
-                    rc = self.srv.stop(10.0)
+                    rc = self.srv.stop(timeout)
                     if rc != 0:
                         out.append("%s exited with status %s after SIGTERM (expected 0)"
                                    % (self.label, rc))
@@ -799,10 +915,9 @@ class Target:
         if self.srv is None:
             return
         try:
-            if self.program == "redis":
-                self.srv.cleanup()
-            else:
-                self.srv.cleanup()
+            self.srv.cleanup()
+        except rh.Deadline:
+            raise
         except Exception as e:
             log("cleanup error (%s): %r" % (self.label, e))
 
@@ -840,6 +955,11 @@ class Fault:
         self.recovery_ms = None
         self.pause_ms = 0.0
         self.pause_conn = None
+        self.baseline_ms = 0.0
+        self.area = None
+        self.where = None
+        self.failovers0 = 0
+        self.primary0 = None
         self.outcome = ""
         self.divergence = False
         self.late_divergence = False
@@ -869,13 +989,87 @@ class Fault:
 
     def as_dict(self):
         return {"n": self.n, "round": self.round, "program": self.program, "kind": self.kind,
-                "replica": self.who, "pid": self.pid, "inject_reply": self.inject_reply,
+                "replica": self.who, "pid": self.pid, "bitflip_area": self.area,
+                "bitflip_where": self.where,
+                "inject_reply": self.inject_reply,
                 "recovery_ms": self.recovery_ms, "pause_ms": round(self.pause_ms, 1),
-                "pause_conn": self.pause_conn, "outcome": self.outcome,
+                "pause_conn": self.pause_conn, "baseline_gap_ms": round(self.baseline_ms, 1),
+                "outcome": self.outcome,
                 "divergence": self.divergence, "late_divergence": self.late_divergence,
                 "lost": self.lost, "dup": self.dup, "resets": self.resets,
                 "survived": self.survived, "problems": self.problems,
                 "log": self.log_lines}
+
+
+BITFLIP_AREAS = ("anywhere", "data", "heap", "symbol")
+_nm_cache = {}
+
+
+def data_symbols(exe):
+    """[(offset, size, name)] of the data/bss variables of an ELF file, from
+    `nm -S` (empty if it is stripped or nm is missing)."""
+    if exe not in _nm_cache:
+        syms = []
+        try:
+            r = subprocess.run(["nm", "-S", "--defined-only", exe], capture_output=True,
+                               text=True, timeout=10, stdin=subprocess.DEVNULL)
+            for line in r.stdout.splitlines():
+                f = line.split()
+                if len(f) == 4 and f[2] in "dDbB" and int(f[1], 16) > 0:
+                    syms.append((int(f[0], 16), int(f[1], 16), f[3]))
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            pass
+        _nm_cache[exe] = syms
+    return _nm_cache[exe]
+
+
+def pick_address(pid, area, rng):
+    """(address, description) of a random byte of `pid`: in one of the
+    program's own variables (area "symbol"), in the program binary's writable
+    data and bss ("data") or in [heap]; None if there is no such memory."""
+    try:
+        exe = os.readlink("/proc/%d/exe" % pid)
+        with open("/proc/%d/maps" % pid) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    if area == "symbol":
+        path = exe[:-len(" (deleted)")] if exe.endswith(" (deleted)") else exe
+        syms = data_symbols(path)
+        base = None
+        for line in lines:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].strip() == exe and int(parts[2], 16) == 0:
+                base = int(parts[0].split("-")[0], 16)
+                break
+        if not syms or base is None:
+            return None
+        off, size, name = rng.choice(syms)
+        k = rng.randrange(size)
+        return base + off + k, "%s+%d" % (name, k)
+    ranges, prev_exe = [], False
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        perms = parts[1]
+        path = parts[5].strip() if len(parts) > 5 else ""
+        writable = perms[0] == "r" and perms[1] == "w" and perms[3] == "p"
+        if writable and area == "data" and (path == exe or (prev_exe and not path)):
+            ranges.append((lo, hi))
+        elif writable and area == "heap" and path == "[heap]":
+            ranges.append((lo, hi))
+        prev_exe = writable and path == exe
+    total = sum(hi - lo for lo, hi in ranges)
+    if not total:
+        return None
+    pick = rng.randrange(total)
+    for lo, hi in ranges:
+        if pick < hi - lo:
+            return lo + pick, area
+        pick -= hi - lo
+    return None
 
 
 def div_lines(text):
@@ -898,18 +1092,34 @@ def inject_fault(ctx, target, wl, fault, st):
     if role == "primary":
         fault.who, fault.pid = "primary", int(prim["pid"])
     else:
-        b = ctx.rng.choice(backups)
+        b = ctx.round_rng.choice(backups)
         fault.who, fault.pid = str(b["slot"]), int(b["pid"])
     pid_start = rh.proc_start(fault.pid)
-    failovers0 = int(st.get("failovers", 0))
-    off = target.log_size()
+    failovers0 = fault.failovers0 = int(st.get("failovers", 0))
+    fault.primary0 = int(prim["pid"])
     hang_s = a.hang_timeout / 1000.0
 
+    address = None
+    if fault_name == "bitflip":
+        fault.area = ctx.round_rng.choice(a.bitflip_areas)
+        if fault.area == "symbol":
+            picked = pick_address(fault.pid, "symbol", ctx.round_rng)
+            if picked is None:      # a stripped binary (redis-server)
+                fault.area = "data"
+            else:
+                address, fault.where = picked
+        if fault.area in ("data", "heap"):
+            picked = pick_address(fault.pid, fault.area, ctx.round_rng)
+            if picked is None:
+                fault.area = "anywhere"
+            else:
+                address, fault.where = picked
     fault.t_inject = t0 = mono()
-    rc, out = target.inject(fault.who, fault_name)
+    rc, out = target.inject(fault.who, fault_name, address)
     fault.inject_reply = out
-    log("fault #%d (round %d, %s): %s of %s pid %d -> %s"
+    log("fault #%d (round %d, %s): %s%s of %s pid %d -> %s"
         % (fault.n, fault.round, target.program, fault_name,
+           " (%s)" % (fault.where or fault.area) if fault.area else "",
            "the primary" if role == "primary" else "backup slot " + fault.who, fault.pid, out))
     if rc != 0 or not out.startswith("ok"):
         fault.add("survival", "understudy inject %s %s failed (%s): %s"
@@ -980,28 +1190,39 @@ def post_fault_checks(ctx, target, wl, fault, t_rec, off):
         t_rec = mono()
     # every connection must make progress after the recovery
     stuck = wl.stuck_since(t_rec, a.progress_timeout)
+    live = len(wl.live_conns())
     take_workload_problems(fault, wl)
-    for c in stuck:
-        fault.add("stall", "%s: no reply in the %.1fs after the fault was dealt with"
-                  " (last reply %.0f ms before it)" % (
-                      c.name, a.progress_timeout,
-                      (t_rec - c.last()) * 1000 if c.last() else float("nan")))
-    gap, who = wl.pause(t0, t_rec)
+    if stuck:
+        fault.add("stall", "%d of %d connection(s) got no reply in the %.1fs after the fault"
+                  " was dealt with: %s (load average %s)" % (
+                      len(stuck), live, a.progress_timeout,
+                      "; ".join("%s: last reply %.0f ms after the injection" % (
+                          c.name, (c.last() - t0) * 1000 if c.last() else float("nan"))
+                          for c in stuck), loadavg()))
+    gap, who, each = wl.pause(t0, t_rec)
     fault.pause_ms, fault.pause_conn = gap * 1000.0, who
+    fault.baseline_ms = wl.baseline(t0 - 1.0, t0) * 1000.0
     if fault.pause_ms > a.pause_bound_ms:
         fault.add("pause", "longest gap between replies around the fault: %.0f ms on %s"
-                  " (bound %d ms)" % (fault.pause_ms, who, a.pause_bound_ms))
-    # a little more traffic, then read back what was acknowledged
-    time.sleep(ctx.rng.uniform(0.05, 0.25))
-    for cat, n, msg in wl.midcheck():
-        fault.add(cat, msg, n)
+                  " (bound %d ms; other connections: %s; longest gap in the second before"
+                  " the fault: %.0f ms; load average %s)"
+                  % (fault.pause_ms, who, a.pause_bound_ms,
+                     ", ".join("%.0f" % (g * 1000) for n, g in each.items() if n != who),
+                     fault.baseline_ms, loadavg()))
+    # a little more traffic, then read back what was acknowledged (unless
+    # the service is stuck: the read-back would only wait out its timeout)
+    time.sleep(ctx.round_rng.uniform(0.05, 0.25))
+    if not stuck or len(stuck) < live:
+        for cat, n, msg in wl.midcheck():
+            fault.add(cat, msg, n)
     take_workload_problems(fault, wl)
     if kind.startswith("bitflip"):
         time.sleep(0.2)  # let the backups replay the read-back
     # what did understudy say?
     st, err = target.status()
     text = target.log_since(off)
-    fault.log_lines = [ln for ln in text.splitlines() if ln.startswith("understudy")][:20]
+    fault.log_lines = [ln for ln in text.splitlines()
+                       if ln.startswith("understudy") and "replayed event" not in ln][:20]
     divs = div_lines(text)
     fault.divergence = bool(divs)
     if kind == "bitflip-backup":
@@ -1018,6 +1239,18 @@ def post_fault_checks(ctx, target, wl, fault, t_rec, off):
             fault.outcome = "no visible effect (backup still running)"
         if st is None and target.alive():
             fault.add("survival", "status does not answer after a bitflip into a backup: %s" % err)
+        # the flip must stay inside that backup: no other replica may diverge,
+        # and the primary must go on
+        others = [ln for ln in divs
+                  if re.match(r"understudy\[(\d+)/", ln) and
+                  int(re.match(r"understudy\[(\d+)/", ln).group(1)) != fault.pid]
+        if others:
+            fault.add("divergence", "a bitflip into backup pid %d made another replica diverge:"
+                      " %s" % (fault.pid, others[0].strip()))
+        if st is not None and (int(st.get("failovers", 0)) != fault.failovers0 or
+                               int(st["primary"]["pid"]) != fault.primary0):
+            fault.add("survival", "a bitflip into backup pid %d changed the primary: %s"
+                      % (fault.pid, json.dumps(st)))
     elif kind == "bitflip-primary":
         outcome = []
         if st is None:
@@ -1062,6 +1295,8 @@ class Campaign:
         self.us = us
         self.app_bins = app_bins
         self.rng = random.Random(args.seed)
+        self.round_rng = self.rng
+        self.start_failures = 0
         self.tracker = rh.Tracker()
         self.faults = []
         self.round_problems = []     # problems not attributable to a fault
@@ -1078,8 +1313,12 @@ class Campaign:
             kinds += cyc
         self.kinds = kinds[:args.faults]
         self.prog_cycle = []
+        self.programs_plan = None
+        self.sabotage = {}          # fault number -> Sabotage (self-check only)
 
     def next_program(self):
+        if self.programs_plan:
+            return self.programs_plan.pop(0)
         if not self.prog_cycle:
             self.prog_cycle = list(self.args.programs)
             self.rng.shuffle(self.prog_cycle)
@@ -1102,6 +1341,7 @@ class Campaign:
     def run_round(self, rnd, program, fault_i):
         a = self.args
         rrng = random.Random("%d/round/%d" % (a.seed, rnd))
+        self.round_rng = rrng
         target = Target(self, program, rnd)
         self.targets.append(target)
         wl = None
@@ -1114,7 +1354,11 @@ class Campaign:
                 self.round_problems.append(("survival", "round %d (%s) did not start: %s"
                                             % (rnd, program, e)))
                 ok = False
-                return fault_i + 1 if rnd > 3 * len(self.kinds) else fault_i
+                self.start_failures += 1
+                if self.start_failures >= 3:
+                    raise CampaignAbort("%d runs in a row did not start" % self.start_failures)
+                return fault_i
+            self.start_failures = 0
             if program == "redis":
                 wl = RedisWorkload(target.port, rrng, a.io_timeout)
             else:
@@ -1149,7 +1393,12 @@ class Campaign:
                     fault.add("survival", "before the fault: %s" % (err or json.dumps(st)))
                     break
                 off = target.log_size()
+                sabotage = self.sabotage.get(fault.n)
+                if sabotage:
+                    sabotage.before(target, wl, st)
                 t_rec = inject_fault(self, target, wl, fault, st)
+                if sabotage:
+                    sabotage.after(target, wl)
                 post_fault_checks(self, target, wl, fault, t_rec, off)
                 self.report_fault(fault)
                 if not target.alive() or kind.startswith("bitflip"):
@@ -1160,12 +1409,25 @@ class Campaign:
             last = round_faults[-1] if round_faults else None
             tainted = any(f.kind == "bitflip-primary" for f in round_faults)
             off_end = target.log_size()
-            wl.stop()
+            # A service that already stalled or died: its findings are in;
+            # do not wait out every client's I/O timeout as well.
+            stalled = (not target.alive() or
+                       (last is not None and any(c.split(":")[-1] in ("stall", "survival")
+                                                 for c, _ in last.problems)))
             final = []
-            if target.alive():
-                final += wl.final_check()
-            final += [(c, n, m) for c, n, m in wl.take_problems()]
-            stop_problems = target.stop(expect_dead=tainted)
+            if stalled:
+                # the clients' own timeouts repeat the stall already reported
+                final += [x for x in wl.take_problems() if x[0] != "stall"]
+                wl.abort()
+                for t in wl.threads:
+                    t.join(2.0)
+            else:
+                wl.stop()
+                if target.alive():
+                    final += wl.final_check()
+                final += [(c, n, m) for c, n, m in wl.take_problems()]
+            stop_problems = target.stop(expect_dead=tainted or stalled,
+                                        timeout=3.0 if stalled else 10.0)
             if target.alive() is False:
                 final += wl.after_stop_check()
             # late divergence reports (a tainted backup that ended differently)
@@ -1177,8 +1439,13 @@ class Campaign:
                 else:
                     self.round_problems.append((cat, "round %d: %s" % (rnd, msg)))
             for p in stop_problems:
+                # what understudy answers for: no process outlives the run.
+                # After a bitflip into the primary, the program's own exit
+                # status or a program that ignores SIGTERM is its own affair.
+                leak = "left behind" in p or "still alive" in p
                 if sink:
-                    sink.add("survival", "shutdown: " + p)
+                    sink.add("survival" if leak or sink.kind != "bitflip-primary" else "other",
+                             "shutdown: " + p)
                 else:
                     self.round_problems.append(("survival", "round %d: shutdown: %s" % (rnd, p)))
             if sink and late:
@@ -1203,6 +1470,9 @@ class Campaign:
             if wl is not None:
                 wl.abort()
             target.cleanup()
+            # the cyclic GC is off while clients run (a full collection over
+            # the acknowledgements stalls every client thread for 100s of ms)
+            gc.collect()
             if ok and not a.keep:
                 target.remove_dir()
             else:
@@ -1280,12 +1550,124 @@ class Campaign:
             none = len(bb) - det - late - died
             print("bitflip-backup: %d divergence reported at once, %d at shutdown, %d backup"
                   " died, %d with no visible effect" % (det, late, died, none))
+            for area in BITFLIP_AREAS:
+                fa = [f for f in bb if f.area == area]
+                if fa:
+                    print("  in %-8s: %d flip(s), %d divergence(s) reported, %d backup(s) died"
+                          % (area, len(fa), sum(1 for f in fa if f.divergence or f.late_divergence),
+                             sum(1 for f in fa if not f.divergence and
+                                 f.outcome.startswith("backup died"))))
         bp = [f for f in self.faults if f.kind == "bitflip-primary"]
         if bp:
             print("bitflip-primary outcomes:")
             for f in bp:
-                print("  #%d %s: %s" % (f.n, f.program, f.outcome))
+                print("  #%d %s (%s): %s" % (f.n, f.program, f.where or f.area, f.outcome))
         return rows, total
+
+
+# --------------------------------------------------------------------------
+# Self-check: the checks must catch what they are meant to catch
+
+
+class Sabotage:
+    """Something done behind the clients' back around a fault, that the
+    campaign's checks must flag with the `expect` categories."""
+
+    def __init__(self, program, kind, expect, what):
+        self.program, self.kind, self.expect, self.what = program, kind, set(expect), what
+        self.timer = None
+
+    def before(self, target, wl, st):
+        pass
+
+    def after(self, target, wl):
+        pass
+
+
+class SabotageRedis(Sabotage):
+    def after(self, target, wl):
+        c = rh.Resp(target.port, timeout=5)
+        try:
+            i = REDIS_INCR_CONNS
+            c.call("DEL", wl.key(i, 0))        # an acknowledged SET disappears
+            c.call("INCR", REDIS_COUNTER)      # an increment nobody was told of
+        finally:
+            c.close()
+
+
+class SabotageStdio(Sabotage):
+    def after(self, target, wl):
+        time.sleep(0.05)
+        with open(wl.app.path, "rb") as f:
+            first = f.readline()
+        with open(wl.app.path, "ab") as f:     # an acknowledged append, twice
+            f.write(first)
+
+
+class SabotageTimeRandom(Sabotage):
+    def after(self, target, wl):
+        conn = uh.LineConn(target.port, 5, "sabotage")
+        try:
+            conn.request(b"GET")               # a request the clients did not send
+        finally:
+            conn.close()
+
+
+class SabotagePause(Sabotage):
+    def before(self, target, wl, st):
+        pid = int(st["primary"]["pid"])
+        os.kill(pid, signal.SIGSTOP)           # the service freezes for 1.3 s
+        self.timer = threading.Timer(1.3, os.kill, (pid, signal.SIGCONT))
+        self.timer.daemon = True
+        self.timer.start()
+        time.sleep(0.2)
+
+
+class SabotageKillAll(Sabotage):
+    def after(self, target, wl):
+        st, _ = target.status()
+        if st:
+            for pid in [int(st["primary"]["pid"])] + [int(b["pid"]) for b in st["backups"]]:
+                try:
+                    os.kill(pid, signal.SIGKILL)   # the whole service dies
+                except OSError:
+                    pass
+
+
+SELF_CHECKS = [
+    SabotageRedis("redis", "crash-primary", {"lost", "dup"},
+                  "DEL of an acknowledged key and an extra INCR after a failover"),
+    SabotageStdio("stdio_append", "crash-backup", {"dup"},
+                  "an acknowledged line appended a second time"),
+    SabotageTimeRandom("time_random", "crash-primary", {"dup"},
+                       "an extra GET from another connection"),
+    SabotagePause("echo", "crash-backup", {"pause"}, "the primary SIGSTOPped for 1.3 s"),
+    SabotageKillAll("echo", "crash-primary", {"reset"},
+                    "every replica SIGKILLed after a failover"),
+]
+
+
+def self_check_plan(camp, programs):
+    plan = [sc for sc in SELF_CHECKS if sc.program in programs]
+    camp.kinds = [sc.kind for sc in plan]
+    camp.programs_plan = [sc.program for sc in plan]
+    camp.sabotage = {i + 1: sc for i, sc in enumerate(plan)}
+    return plan
+
+
+def self_check_verdict(camp, plan):
+    ok = True
+    print()
+    for i, sc in enumerate(plan):
+        f = camp.faults[i] if i < len(camp.faults) else None
+        got = set() if f is None else {c.split(":")[-1] for c, _ in f.problems}
+        missed = sc.expect - got
+        ok = ok and f is not None and not missed
+        print("self-check %-13s %-14s %-62s %s" % (
+            sc.program, sc.kind, sc.what,
+            "flagged %s" % sorted(got & sc.expect) if f is not None and not missed
+            else "NOT FLAGGED: %s (got %s)" % (sorted(missed), sorted(got))))
+    return ok
 
 
 def parse_args():
@@ -1312,18 +1694,27 @@ def parse_args():
                    help="min seconds of traffic before a fault (default 0.15)")
     p.add_argument("--max-delay", type=float, default=0.8,
                    help="max seconds of traffic before a fault (default 0.8)")
+    p.add_argument("--bitflip-areas", default=",".join(BITFLIP_AREAS),
+                   help="where bitflips go, chosen at random per flip: anywhere (understudy's"
+                        " own pick), data (the program binary's data and bss), heap, symbol"
+                        " (one of the program's variables, from nm; data if stripped);"
+                        " default all four")
     p.add_argument("--bitflip-settle", type=float, default=0.3,
                    help="seconds of traffic after a bitflip before looking (default 0.3)")
-    p.add_argument("--progress-timeout", type=float, default=3.0,
-                   help="seconds every connection gets to reply after a fault (default 3)")
-    p.add_argument("--io-timeout", type=float, default=5.0,
-                   help="a client waiting this long for a reply fails (default 5)")
+    p.add_argument("--progress-timeout", type=float, default=5.0,
+                   help="seconds every connection gets to reply after a fault (default 5)")
+    p.add_argument("--io-timeout", type=float, default=10.0,
+                   help="a client waiting this long for a reply fails (default 10)")
     p.add_argument("--timeout", type=float, default=None,
                    help="overall bound in seconds (default 60 + 8 per fault)")
-    p.add_argument("--echo-server", default=None)
-    p.add_argument("--time-random-server", default=None)
-    p.add_argument("--stdio-append-server", default=None)
+    for prog in ("echo", "time_random", "stdio_append"):
+        p.add_argument("--%s-server" % prog.replace("_", "-"), default=None,
+                       help="%s binary (default build/tests/apps/%s)"
+                            % (APP_BINARIES[prog], APP_BINARIES[prog]))
     p.add_argument("--keep", action="store_true", help="keep every round's directory")
+    p.add_argument("--self-check", action="store_true",
+                   help="instead of a campaign: sabotage a few rounds behind the clients'"
+                        " back and check that the campaign's checks flag it")
     a = p.parse_args()
     a.programs = [x.strip() for x in a.programs.split(",") if x.strip()]
     bad = [x for x in a.programs if x not in PROGRAMS]
@@ -1333,6 +1724,9 @@ def parse_args():
     bad = [x for x in a.kinds if x not in KINDS]
     if bad or not a.kinds:
         p.error("unknown fault kind(s) %s; choose from %s" % (bad, KINDS))
+    a.bitflip_areas = [x.strip() for x in a.bitflip_areas.split(",") if x.strip()]
+    if not a.bitflip_areas or set(a.bitflip_areas) - set(BITFLIP_AREAS):
+        p.error("--bitflip-areas takes a comma list of %s" % ",".join(BITFLIP_AREAS))
     if a.faults < 1:
         p.error("--faults must be >= 1")
     if not 2 <= a.replicas <= 8:
@@ -1341,6 +1735,10 @@ def parse_args():
         p.error("--min-backups must be 1..replicas-1")
     if a.min_delay < 0 or a.max_delay < a.min_delay:
         p.error("bad --min-delay/--max-delay")
+    if a.self_check:
+        # the sabotaged primary must not be declared hung while it is stopped
+        a.hang_timeout = max(a.hang_timeout, 5000)
+        a.faults = len(SELF_CHECKS)
     if a.timeout is None:
         a.timeout = 60.0 + 8.0 * a.faults
     if a.timeout < 30:
@@ -1388,7 +1786,9 @@ def main():
 
     rh.install_fatal_handlers()
     rh.install_deadline(a.timeout)
+    gc.disable()
     camp = Campaign(a, us, app_bins)
+    plan = self_check_plan(camp, a.programs) if a.self_check else None
 
     def hard_stop():
         log("FAIL: hard time limit exceeded; killing everything")
@@ -1397,14 +1797,19 @@ def main():
         finally:
             sys.stdout.flush()
             os._exit(FAIL)
-    watchdog = threading.Timer(a.timeout + 30.0, hard_stop)
+    watchdog = threading.Timer(a.timeout + 20.0, hard_stop)
     watchdog.daemon = True
     watchdog.start()
 
     interrupted = None
+    left = []
     t0 = mono()
     try:
         camp.run()
+        # every round cleaned up after itself: anything still alive is a leak
+        left = camp.tracker.alive()
+    except CampaignAbort as e:
+        interrupted = "campaign aborted: %s" % e
     except rh.Deadline as e:
         interrupted = str(e)
     except SystemExit as e:
@@ -1417,7 +1822,6 @@ def main():
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         camp.cleanup()
-        left = camp.tracker.alive()
         camp.tracker.close()
         watchdog.cancel()
     elapsed = mono() - t0
@@ -1427,6 +1831,12 @@ def main():
     if left:
         problems.append(("survival", "processes left behind (now killed): %s" % left))
 
+    if plan is not None:
+        camp.print_table()
+        ok = self_check_verdict(camp, plan) and not left and not interrupted
+        print("SELF-CHECK %s (seed %d)" % ("PASS: every sabotage was flagged" if ok else "FAIL",
+                                            a.seed))
+        return PASS if ok else FAIL
     rows, total = camp.print_table()
     print("%d faults in %d rounds in %.1fs (seed %d)" % (len(camp.faults), camp.rounds,
                                                           elapsed, a.seed))
