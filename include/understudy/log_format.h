@@ -46,8 +46,8 @@ enum us_event_type {
     US_EV_SYSCALL = 1,  /* nr = syscall number, ret = its result */
     US_EV_SIGNAL = 2,   /* fd = signal number, delivered at this point */
     US_EV_THREAD = 3,   /* a thread was created: fd = its logical id */
-    US_EV_INFLIGHT = 4, /* appended by the supervisor: the dead primary was
-                           inside call nr on fd when it died, result unknown */
+    US_EV_INFLIGHT = 4, /* reserved, never written (in-flight calls are settled
+                           from the kernel's state, docs/failover.md) */
     US_EV_CRASH = 5,    /* primary took a synchronous fault (fd = signal) */
     US_EV_SYNC = 6,     /* a mutex acquisition: fd = operation, aux = the
                            mutex's address, check = the version it reached */
@@ -70,7 +70,7 @@ struct us_event {
     uint32_t size;      /* whole record: header + payload, multiple of 8 */
     uint16_t type;      /* enum us_event_type */
     uint16_t flags;     /* US_EVF_* */
-    uint32_t nr;        /* syscall number (US_EV_SYSCALL, US_EV_INFLIGHT) */
+    uint32_t nr;        /* syscall number (US_EV_SYSCALL) */
     int32_t fd;         /* first argument, checked on replay */
     uint64_t check;     /* a size argument, checked on replay */
     int64_t ret;        /* the result the program saw (-errno on failure) */

@@ -199,7 +199,6 @@ static int out_fcntl(const long *a, long r, struct us_span *sp)
 /* ---- special handlers -------------------------------------------------- */
 
 static const struct us_sysdesc d_input_buf1 = {K_INPUT, 0, 2, out_buf1, 0, 0};
-static int out_recvfrom(const long *a, long r, struct us_span *sp);
 static const struct us_sysdesc d_recvfrom = {K_INPUT, 0, 2, out_recvfrom, 0, 0};
 
 /*
