@@ -12,11 +12,11 @@ import subprocess
 import sys
 import tempfile
 
-us = os.environ.get("UNDERSTUDY", "")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import us_harness as h  # noqa: E402
+
 prog = sys.argv[1]
-if not us or not os.access(us, os.X_OK):
-    print("UNDERSTUDY not set: skipped")
-    sys.exit(77)
+us = h.require_understudy()
 failures = []
 with tempfile.TemporaryDirectory(prefix="us-apps-crash-") as d:
     def run(data):

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import tempfile
 
-us = os.environ.get("UNDERSTUDY", "")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import us_harness as h  # noqa: E402
+
 prog = sys.argv[1]
-if not us or not os.access(us, os.X_OK):
-    print("UNDERSTUDY not set: skipped")
-    sys.exit(77)
+us = h.require_understudy()
 with tempfile.TemporaryDirectory(prefix="us-div-") as d:
     p = subprocess.run([us, "run", "--control", os.path.join(d, "ctl.sock"), "--", prog],
                        capture_output=True, text=True, timeout=60, cwd=d)

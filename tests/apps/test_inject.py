@@ -23,10 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import us_harness as h  # noqa: E402
 
 server_bin = sys.argv[1]
-us = os.environ.get("UNDERSTUDY", "")
-if not us or not os.access(us, os.X_OK):
-    print("UNDERSTUDY not set: skipped")
-    sys.exit(77)
+us = h.require_understudy()
 
 failures = []
 stop = threading.Event()

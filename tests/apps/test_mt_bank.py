@@ -24,10 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import us_harness as h  # noqa: E402
 
 prog = sys.argv[1]
-us = os.environ.get("UNDERSTUDY", "")
-if not us or not os.access(us, os.X_OK):
-    print("UNDERSTUDY not set: skipped")
-    sys.exit(77)
+us = h.require_understudy()
 seed = int(os.environ.get("SEED", random.randrange(1 << 30)))
 rng = random.Random(seed)
 print("seed", seed)

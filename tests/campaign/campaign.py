@@ -359,25 +359,37 @@ class RedisWorkload(Workload):
             cs.error = ("corrupt", "%s: %r" % (cs.name, e))
             self.problem("corrupt", cs.error[1])
 
+    def _set_one(self, i, cs, conn):
+        """One acknowledged SET of connection i's next key; False if the reply
+        was wrong (already reported)."""
+        n = self.set_count[i]
+        conn.send("SET", self.key(i, n), self.value(i, n))
+        r = conn.read()
+        cs.times.append(mono())
+        if r != "OK":
+            cs.error = ("corrupt", "%s: SET %s replied %r" % (cs.name, self.key(i, n), r))
+            self.problem("corrupt", cs.error[1])
+            return False
+        self.set_count[i] = n + 1
+        return True
+
+    def _set_failed(self, i, cs, e):
+        """Reports what ended a SET client: a lost connection or anything else."""
+        if isinstance(e, rh.ConnLost):
+            cat = classify_connlost(str(e))
+            cs.error = (cat, "%s after %d SETs: %s" % (cs.name, self.set_count[i], e))
+        else:
+            cat = "corrupt"
+            cs.error = (cat, "%s: %r" % (cs.name, e))
+        self.problem(cat, cs.error[1])
+
     def _set_loop(self, i, cs, conn):
         try:
             while not self.stop_ev.is_set():
-                n = self.set_count[i]
-                conn.send("SET", self.key(i, n), self.value(i, n))
-                r = conn.read()
-                cs.times.append(mono())
-                if r != "OK":
-                    cs.error = ("corrupt", "%s: SET %s replied %r" % (cs.name, self.key(i, n), r))
-                    self.problem("corrupt", cs.error[1])
+                if not self._set_one(i, cs, conn):
                     return
-                self.set_count[i] = n + 1
-        except rh.ConnLost as e:
-            cat = classify_connlost(str(e))
-            cs.error = (cat, "%s after %d SETs: %s" % (cs.name, self.set_count[i], e))
-            self.problem(cat, cs.error[1])
         except Exception as e:
-            cs.error = ("corrupt", "%s: %r" % (cs.name, e))
-            self.problem("corrupt", cs.error[1])
+            self._set_failed(i, cs, e)
 
     def _churn_loop(self, i, cs):
         """Short connections: connect, 1-4 SETs, close; so that faults also
@@ -388,26 +400,13 @@ class RedisWorkload(Workload):
                 conn = rh.Resp(self.port, timeout=self.io_timeout)
                 try:
                     for _ in range(rng.randint(1, 4)):
-                        n = self.set_count[i]
-                        conn.send("SET", self.key(i, n), self.value(i, n))
-                        r = conn.read()
-                        cs.times.append(mono())
-                        if r != "OK":
-                            cs.error = ("corrupt", "%s: SET %s replied %r"
-                                        % (cs.name, self.key(i, n), r))
-                            self.problem("corrupt", cs.error[1])
+                        if not self._set_one(i, cs, conn):
                             return
-                        self.set_count[i] = n + 1
                 finally:
                     conn.close()
                 self.stop_ev.wait(0.03)
-        except rh.ConnLost as e:
-            cat = classify_connlost(str(e))
-            cs.error = (cat, "%s after %d SETs: %s" % (cs.name, self.set_count[i], e))
-            self.problem(cat, cs.error[1])
         except Exception as e:
-            cs.error = ("corrupt", "%s: %r" % (cs.name, e))
-            self.problem("corrupt", cs.error[1])
+            self._set_failed(i, cs, e)
 
     def _check_sets(self, c, counts):
         out = []

@@ -204,6 +204,15 @@ def understudy_path():
     return None
 
 
+def require_understudy():
+    """$UNDERSTUDY, or exit 77 (skipped) when it does not name an executable."""
+    p = understudy_path()
+    if not p:
+        print("UNDERSTUDY not set: skipped")
+        sys.exit(EXIT_SKIP)
+    return p
+
+
 class Server:
     """One server, run natively or under `understudy run`.
 
