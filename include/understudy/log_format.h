@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define US_LOG_MAGIC 0x474f4c5955445355ull /* "USDYLOG" little-endian-ish */
-#define US_LOG_VERSION 1u
+#define US_LOG_VERSION 2u
 
 #define US_MAX_THREADS 64  /* logical threads per replicated program */
 #define US_MAX_REPLICAS 8  /* primary + backups */
@@ -45,12 +45,35 @@ enum us_event_type {
     US_EV_PAD = 0,      /* filler up to the end of the ring: skip */
     US_EV_SYSCALL = 1,  /* nr = syscall number, ret = its result */
     US_EV_SIGNAL = 2,   /* fd = signal number, delivered at this point */
-    US_EV_THREAD = 3,   /* a thread was created: fd = its logical id */
+    US_EV_THREAD = 3,   /* a thread was created: fd = the ring it records into,
+                           aux = its logical id (creation number) */
     US_EV_INFLIGHT = 4, /* reserved, never written (in-flight calls are settled
                            from the kernel's state, docs/failover.md) */
     US_EV_CRASH = 5,    /* primary took a synchronous fault (fd = signal) */
-    US_EV_SYNC = 6,     /* a mutex acquisition: fd = operation, aux = the
-                           mutex's address, check = the version it reached */
+    US_EV_SYNC = 6,     /* an operation on a synchronisation object:
+                           fd = operation (enum us_sync_op), nr = the object's
+                           logical id, check = the version it reached, ret =
+                           its result, aux = the object's address in the
+                           primary, site = the program's call site */
+    US_EV_EXIT = 7,     /* the thread ended (its ring may be reused) */
+};
+#define US_EV_LAST US_EV_EXIT
+
+/* Operations of US_EV_SYNC records (src/shim/sync.c). */
+enum us_sync_op {
+    US_SYNC_LOCK = 1,        /* mutex lock / timedlock / clocklock */
+    US_SYNC_TRYLOCK = 2,
+    US_SYNC_COND_RELOCK = 3, /* a condition wait re-acquiring its mutex */
+    US_SYNC_RDLOCK = 4,      /* rwlock, shared (all variants) */
+    US_SYNC_WRLOCK = 5,      /* rwlock, exclusive (all variants) */
+    US_SYNC_SEM_WAIT = 6,    /* sem_wait / trywait / timedwait / clockwait */
+    US_SYNC_SEM_VALUE = 7,   /* sem_getvalue: ret = the value */
+    US_SYNC_SPIN = 8,        /* pthread_spin_lock / trylock */
+    US_SYNC_BARRIER = 9,     /* arrival at a barrier, logged before waiting */
+    US_SYNC_ONCE = 10,       /* a pthread_once / call_once that was not done yet */
+    US_SYNC_KEY = 11,        /* pthread_key_create / delete: aux = the key */
+    US_SYNC_JOIN = 12,       /* pthread_tryjoin_np / timedjoin_np: ret */
+    US_SYNC_BARRIER_PASSED = 13, /* ret = what pthread_barrier_wait returned */
 };
 
 /* Event flags. */
@@ -76,8 +99,13 @@ struct us_event {
     int64_t ret;        /* the result the program saw (-errno on failure) */
     uint64_t aux;       /* per-call extra: file offset after a file op */
     uint64_t seq;       /* event number in this ring, from 1 */
-    uint64_t digest;    /* outputs: XXH3-64 of the bytes written, which the
-                           backups compare with what they would have written */
+    union {
+        uint64_t digest; /* outputs: XXH3-64 of the bytes written, which the
+                            backups compare with what they would have written */
+        uint64_t order;  /* calls on the fd table or the address space: the
+                            version(s) of the objects they changed (order.h) */
+        uint64_t site;   /* SYNC: the program's call site, checked on replay */
+    };
 };
 _Static_assert(sizeof(struct us_event) == 56, "us_event layout");
 
@@ -113,6 +141,14 @@ struct us_recv_slot {
 };
 _Static_assert(sizeof(struct us_recv_slot) == 208, "us_recv_slot layout");
 
+/* Whether a ring has a producer (struct us_ring_ctl.in_use). */
+enum us_ring_use {
+    US_RING_FREE = 0,
+    US_RING_LIVE = 1,   /* a thread of the primary records into it */
+    US_RING_EXITED = 2, /* its thread ended (US_EV_EXIT): reusable by a new
+                           thread once every live backup has consumed it */
+};
+
 /* Per-consumer position in one ring (one per backup replica slot). */
 struct us_ring_consumer {
     _Alignas(US_CACHELINE) uint64_t tail; /* bytes consumed */
@@ -129,7 +165,7 @@ struct us_ring_ctl {
     uint32_t head_futex;                  /* bumped by the supervisor to wake consumers */
     uint32_t producer_waiting;            /* producer sleeps on tail_futex */
     uint32_t tail_futex;                  /* bumped by consumers when producer waits */
-    uint32_t in_use;                      /* logical thread exists */
+    uint32_t in_use;                      /* enum us_ring_use */
     _Alignas(US_CACHELINE) uint64_t room_tail; /* producer's copy of the slowest
                                                   live consumer's position... */
     uint64_t room_seq;                    /* ...and event count: it reads the
@@ -161,7 +197,7 @@ struct us_log_header {
     uint32_t nreplicas;
     uint32_t primary_slot;  /* replica slot that currently records */
     uint32_t epoch;         /* bumped at every promotion */
-    uint32_t nthreads;      /* logical threads created so far */
+    uint32_t nthreads;      /* threads created so far (logical ids) */
     uint32_t failovers;
     uint32_t shutdown;      /* supervisor asked the program to stop */
     int32_t program_pid;    /* the pid the program sees, whichever replica

@@ -76,6 +76,18 @@ static int consumer_live(const struct us_log_header *h, unsigned s)
             state == US_REPLICA_PROMOTING);
 }
 
+int us_ring_consumed(const struct us_log *log, unsigned ring, unsigned self)
+{
+    const struct us_log_header *h = log->hdr;
+    const struct us_ring_ctl *c = &h->ring[ring];
+    uint64_t head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
+    for (unsigned s = 0; s < h->nreplicas; s++)
+        if (s != self && consumer_live(h, s) &&
+            __atomic_load_n(&c->consumer[s].tail, __ATOMIC_ACQUIRE) != head)
+            return 0;
+    return 1;
+}
+
 /* Refreshes the producer's copy of the slowest live consumer's position and
  * says whether `need` bytes fit and no consumer lags too far. */
 static int room_now(struct us_log *log, unsigned ring, unsigned self, uint64_t need)
@@ -248,7 +260,7 @@ int us_event_check(const struct us_log *log, unsigned ring, uint64_t pos, uint64
         return -1;
     if (ev->type == US_EV_PAD)
         return 0;
-    if (size < sizeof(struct us_event) || ev->type > US_EV_SYNC)
+    if (size < sizeof(struct us_event) || ev->type > US_EV_LAST)
         return -1;
     return 0;
 }

@@ -75,6 +75,9 @@ int us_event_check(const struct us_log *log, unsigned ring, uint64_t pos, uint64
 /* Checks that a framed record's payload (recv slot, blobs) lies inside it. */
 int us_event_payload_check(const struct us_event *ev);
 
+/* Every live consumer (other than `self`) has read `ring` to its head. */
+int us_ring_consumed(const struct us_log *log, unsigned ring, unsigned self);
+
 /* Wakes every consumer of every ring (after a promotion flag was set). */
 void us_log_wake_all(struct us_log *log);
 

@@ -20,6 +20,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include "order.h"
 #include "syscall_names.h"
 
 /* xxHash (Debian libxxhash-dev) compiled in: no library state, no malloc. */
@@ -75,6 +76,93 @@ static int new_fds(long nr, const long *a, long ret, int out[2])
     out[0] = (int)ret;
     return 1;
 }
+
+/*
+ * The fd table is shared by the program's threads, so operations on one fd
+ * number are ordered across threads (order.h): otherwise a backup thread
+ * could hold a placeholder at the number another thread closes later in the
+ * primary's order but sooner here. A call closes its numbers before it runs
+ * (close, the target of dup2/dup3) and creates them after (everything else);
+ * the primary holds a number's order lock from before a close until the
+ * record is published, so a creation that reuses the number comes after it.
+ */
+struct fd_versions {
+    int fd[2];
+    uint32_t v[2];
+    int n;
+};
+
+static void fds_closed(long nr, const long *a, const struct us_sysdesc *d, struct fd_versions *o)
+{
+    o->n = 0;
+    if (d->kind == K_CLOSE)
+        o->fd[o->n++] = (int)a[0];
+    else if (nr == SYS_dup2 || nr == SYS_dup3)
+        o->fd[o->n++] = (int)a[1];
+}
+
+static void fds_created(long nr, const long *a, long ret, const struct us_sysdesc *d,
+                        struct fd_versions *o)
+{
+    if (d->kind == K_FDNEW)
+        o->n = new_fds(nr, a, ret, o->fd);
+    else if (d->kind == K_DUP && nr != SYS_dup2 && nr != SYS_dup3 && ret >= 0)
+        o->fd[o->n++] = (int)ret;
+}
+
+static struct us_ord *fd_ord(int fd)
+{
+    return fd >= 0 && fd < US_MAX_FDS ? &us_fd_ord[fd] : NULL;
+}
+
+/* Primary: take the numbers' order locks and their next versions. */
+static void fds_lock(struct fd_versions *o)
+{
+    for (int i = 0; i < o->n; i++) {
+        struct us_ord *ord = fd_ord(o->fd[i]);
+        if (ord) {
+            us_ord_lock(ord);
+            o->v[i] = us_ord_bump(ord);
+        }
+    }
+}
+
+static void fds_unlock(const struct fd_versions *o)
+{
+    for (int i = 0; i < o->n; i++)
+        if (fd_ord(o->fd[i]))
+            us_ord_unlock(fd_ord(o->fd[i]));
+}
+
+static uint64_t fds_pack(const struct fd_versions *o)
+{
+    return (uint64_t)o->v[0] | (o->n > 1 ? (uint64_t)o->v[1] << 32 : 0);
+}
+
+/* Backup: wait for each number's turn (the versions come from the log). */
+static void fds_wait(long nr, const long *a, const struct us_sysdesc *d, const struct us_event *ev,
+                     struct fd_versions *o)
+{
+    fds_closed(nr, a, d, o);
+    if (!o->n)
+        fds_created(nr, a, ev->ret, d, o);
+    o->v[0] = (uint32_t)ev->order;
+    o->v[1] = (uint32_t)(ev->order >> 32);
+    for (int i = 0; i < o->n; i++)
+        if (fd_ord(o->fd[i]))
+            us_ord_wait(fd_ord(o->fd[i]), o->v[i]);
+}
+
+static void fds_set(const struct fd_versions *o)
+{
+    for (int i = 0; i < o->n; i++)
+        if (fd_ord(o->fd[i]))
+            us_ord_set(fd_ord(o->fd[i]), o->v[i]);
+}
+
+/* Backup: placeholders and twins go to chosen numbers; a twin's open takes
+ * the lowest free one for an instant, which no placeholder may take then. */
+static struct us_ord backup_fdtable_lock;
 
 /* Primary: what kind of fd a FDNEW call made. */
 static int classify_new_fd(long nr, const long *a, int fd)
@@ -135,7 +223,8 @@ static int is_file_op(long nr)
 /*
  * Output after a promotion: the first f->skip bytes were already taken by
  * the kernel from the dead primary, so they are reported as written without
- * being sent again. Handles write/send/sendto (a buffer) and writev (iovec).
+ * being sent again. Handles write/send/sendto (a buffer), writev and sendmsg
+ * (iovecs).
  */
 static long output_with_skip(long nr, long *a, struct us_fd *f)
 {
@@ -153,9 +242,10 @@ static long output_with_skip(long nr, long *a, struct us_fd *f)
         }
         return r;
     }
-    if (nr == SYS_writev) {
-        const struct iovec *iov = (const struct iovec *)a[1];
-        int cnt = (int)a[2];
+    if (nr == SYS_writev || nr == SYS_sendmsg) {
+        const struct msghdr *mh = (const struct msghdr *)a[1];
+        const struct iovec *iov = nr == SYS_writev ? (const struct iovec *)a[1] : mh->msg_iov;
+        int cnt = nr == SYS_writev ? (int)a[2] : (int)mh->msg_iovlen;
         struct iovec rest[64];
         size_t total = 0, skip = (size_t)f->skip;
         int k = 0;
@@ -176,7 +266,15 @@ static long output_with_skip(long nr, long *a, struct us_fd *f)
             f->skip -= (int64_t)total;
             return (long)total;
         }
-        long r = US_SYSCALL3(SYS_writev, a[0], rest, k);
+        long r;
+        if (nr == SYS_writev) {
+            r = US_SYSCALL3(SYS_writev, a[0], rest, k);
+        } else {
+            struct msghdr m2 = *mh;
+            m2.msg_iov = rest;
+            m2.msg_iovlen = (size_t)k;
+            r = US_SYSCALL3(SYS_sendmsg, a[0], &m2, a[2]);
+        }
         if (r >= 0) {
             r += f->skip;
             f->skip = 0;
@@ -311,6 +409,10 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
         flags |= US_EVF_SENT_BASE;
     }
 
+    struct fd_versions fv;
+    fds_closed(nr, a, d, &fv);
+    fds_lock(&fv);
+
     long r;
     if (d->kind == K_OUTPUT && f && f->skip > 0)
         r = output_with_skip(nr, a, f);
@@ -319,15 +421,15 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     else
         r = us_raw(nr, a);
 
-    int newfd[2] = {-1, -1}, nnew = 0;
-    if (d->kind == K_FDNEW) {
-        nnew = new_fds(nr, a, r, newfd);
-        if (nnew) {
-            int kind = classify_new_fd(nr, a, newfd[0]);
-            for (int i = 0; i < nnew; i++)
-                us_fd_created(newfd[i], kind);
-            aux = (uint64_t)kind;
-        }
+    if (!fv.n) {
+        fds_created(nr, a, r, d, &fv);
+        fds_lock(&fv);
+    }
+    if (d->kind == K_FDNEW && fv.n) {
+        int kind = classify_new_fd(nr, a, fv.fd[0]);
+        for (int i = 0; i < fv.n; i++)
+            us_fd_created(fv.fd[i], kind);
+        aux = (uint64_t)kind;
     }
     if (f && f->kind == US_FD_FILE && is_file_op(nr))
         aux = (uint64_t)US_SYSCALL3(SYS_lseek, a[d->fd_arg], 0, SEEK_CUR);
@@ -345,28 +447,78 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     ev->aux = aux;
     if (d->kind == K_OUTPUT)
         output_digest(nr, a, r, &ev->digest);
+    else if (fv.n)
+        ev->order = fds_pack(&fv);
     blobs_write((uint8_t *)(ev + 1), sp, n);
     track_fds(nr, a, r, d, ev);
     us_publish_call(t, ev, payload);
+    fds_unlock(&fv);
     return r;
+}
+
+/* One line describing a logged event, for divergence reports. */
+static void describe(char *buf, size_t cap, uint16_t type, uint32_t nr, int32_t fd, int64_t ret,
+                     uint64_t check)
+{
+    switch (type) {
+    case US_EV_SYSCALL:
+        us_fmt(buf, cap, "%s(%d) = %ld", us_sysname(nr), fd, (long)ret);
+        break;
+    case US_EV_SYNC:
+        us_fmt(buf, cap, "sync op %d on object #%u (version %lu) = %ld", fd, nr,
+               (unsigned long)check, (long)ret);
+        break;
+    case US_EV_SIGNAL:
+        us_fmt(buf, cap, "signal %d", fd);
+        break;
+    case US_EV_THREAD:
+        us_fmt(buf, cap, "thread created (ring %d)", fd);
+        break;
+    case US_EV_EXIT:
+        us_fmt(buf, cap, "thread exit");
+        break;
+    default:
+        us_fmt(buf, cap, "event of type %u", type);
+        break;
+    }
+}
+
+static void say_recent(const struct us_thread *t)
+{
+    char line[160];
+    for (unsigned k = t->nrecent > 16 ? t->nrecent - 16 : 0; k < t->nrecent; k++) {
+        unsigned i = k % 16;
+        describe(line, sizeof(line), t->recent[i].type, t->recent[i].nr, t->recent[i].fd,
+                 t->recent[i].ret, t->recent[i].check);
+        us_say("  replayed event %lu: %s", (unsigned long)t->recent[i].seq, line);
+    }
+}
+
+US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what)
+{
+    char logged[160] = "nothing";
+    say_recent(t);
+    if (ev)
+        describe(logged, sizeof(logged), ev->type, ev->nr, ev->fd, ev->ret, ev->check);
+    us_fatal("divergence on thread %u at event %lu: the program made %s, but the primary's log "
+             "has %s",
+             t->ring, ev ? (unsigned long)ev->seq : 0ul, what, logged);
 }
 
 US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
                              const long *a, const char *why)
 {
-    for (unsigned k = t->nrecent > 16 ? t->nrecent - 16 : 0; k < t->nrecent; k++) {
-        unsigned i = k % 16;
-        us_say("  replayed event %lu: %s(%d) = %ld", (unsigned long)t->recent[i].seq,
-               us_sysname(t->recent[i].nr), t->recent[i].fd, (long)t->recent[i].ret);
-    }
+    say_recent(t);
     if (ev && ev->type == US_EV_SYSCALL)
         us_fatal("divergence on thread %u at event %lu: the program called %s(%ld, ..., %ld) "
                  "but the primary's log has %s(%d, ..., %lu) (%s)",
                  t->ring, (unsigned long)ev->seq, us_sysname(nr), a[0], a[2],
                  us_sysname(ev->nr), ev->fd, (unsigned long)ev->check, why);
-    us_fatal("divergence on thread %u at event %lu: the program called %s but the log has an "
-             "event of type %u (%s)",
-             t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), ev ? ev->type : 0u, why);
+    char logged[160] = "nothing";
+    if (ev)
+        describe(logged, sizeof(logged), ev->type, ev->nr, ev->fd, ev->ret, ev->check);
+    us_fatal("divergence on thread %u at event %lu: the program called %s but the log has %s (%s)",
+             t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), logged, why);
 }
 
 struct us_event *us_next_event(struct us_thread *t)
@@ -409,6 +561,8 @@ void us_consume(struct us_thread *t, struct us_event *ev)
 {
     t->sigs_after = ev->flags & US_EVF_SIGNALS_NEXT;
     unsigned i = t->nrecent++ % 16;
+    t->recent[i].type = ev->type;
+    t->recent[i].check = ev->check;
     t->recent[i].nr = ev->nr;
     t->recent[i].fd = ev->fd;
     t->recent[i].ret = ev->ret;
@@ -427,7 +581,7 @@ void us_publish_call(struct us_thread *t, struct us_event *ev, uint32_t payload)
 /* Backup: make fd `fd` exist, as a placeholder, so numbering stays identical. */
 static void placeholder(int fd, int cloexec)
 {
-    long r = US_SYSCALL3(SYS_dup3, us_null_fd, fd, cloexec ? O_CLOEXEC : 0);
+    long r = US_SYSCALL3(SYS_dup3, us_null_fd, fd, cloexec ? O_CLOEXEC : 0); /* under the lock */
     if (r != fd)
         us_fatal("cannot hold fd %d for the program (dup3: %ld)", fd, r);
 }
@@ -471,6 +625,12 @@ long us_replay(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
         us_promote(t);
         return us_record(t, nr, a, d);
     }
+    return us_replay_event(t, nr, a, d, ev);
+}
+
+long us_replay_event(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d,
+                     struct us_event *ev)
+{
     long r = ev->ret;
     struct us_span sp[US_MAX_SPANS];
     int n = d->out ? d->out(a, r, sp) : 0;
@@ -489,24 +649,47 @@ long us_replay(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
             us_diverged(t, ev, nr, a, "it would have written other bytes");
         break;
     case K_FDNEW: {
-        int newfd[2];
-        int nnew = new_fds(nr, a, r, newfd);
-        for (int i = 0; i < nnew; i++) {
-            if (!open_readonly_twin(nr, a, newfd[0], (int)ev->aux))
-                placeholder(newfd[i], new_fd_cloexec(nr, a));
-            us_fd_created(newfd[i], (int)ev->aux);
+        struct fd_versions fv;
+        fds_wait(nr, a, d, ev, &fv);
+        us_ord_lock(&backup_fdtable_lock);
+        for (int i = 0; i < fv.n; i++) {
+            if (!open_readonly_twin(nr, a, fv.fd[i], (int)ev->aux))
+                placeholder(fv.fd[i], new_fd_cloexec(nr, a));
+            us_fd_created(fv.fd[i], (int)ev->aux);
         }
+        us_ord_unlock(&backup_fdtable_lock);
+        fds_set(&fv);
         break;
     }
-    case K_CLOSE:
+    case K_CLOSE: {
+        struct fd_versions fv;
+        fds_wait(nr, a, d, ev, &fv);
         if (r == 0)
             US_SYSCALL1(SYS_close, a[0]);
-        break;
+        track_fds(nr, a, r, d, ev);
+        fds_set(&fv);
+        us_consume(t, ev);
+        return r;
+    }
     case K_DUP: {
-        long mine = us_raw(nr, a);
+        /* the same number as the primary's: not the lowest free one here,
+         * where other threads may be ahead or behind */
+        struct fd_versions fv;
+        fds_wait(nr, a, d, ev, &fv);
+        long mine = r;
+        if (r >= 0) {
+            int cloexec = nr == SYS_dup3 ? (int)(a[2] & O_CLOEXEC)
+                          : (nr == SYS_fcntl && a[1] == F_DUPFD_CLOEXEC) ? O_CLOEXEC : 0;
+            us_ord_lock(&backup_fdtable_lock);
+            mine = (nr == SYS_dup2 && a[0] == a[1]) ? r : US_SYSCALL3(SYS_dup3, a[0], r, cloexec);
+            us_ord_unlock(&backup_fdtable_lock);
+        }
         if (mine != r)
             us_diverged(t, ev, nr, a, "dup gave another fd");
-        break;
+        track_fds(nr, a, r, d, ev);
+        fds_set(&fv);
+        us_consume(t, ev);
+        return r;
     }
     default:
         break;

@@ -56,6 +56,9 @@ static inline long us_raw(long nr, const long *a)
 /* Generic paths, used by special handlers too. */
 long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d);
 long us_replay(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d);
+/* The rest of us_replay, for an event already taken by us_expect. */
+long us_replay_event(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d,
+                     struct us_event *ev);
 /* Next event for a replayed call, checked against it; NULL: promoted, go live. */
 struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const struct us_sysdesc *d);
 void us_consume(struct us_thread *t, struct us_event *ev);

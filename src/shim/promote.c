@@ -217,11 +217,9 @@ static void promote_process(void)
 static int all_drained(void)
 {
     struct us_log_header *h = us_log_.hdr;
-    unsigned n = __atomic_load_n(&h->nthreads, __ATOMIC_ACQUIRE);
-    for (unsigned r = 0; r <= n && r < US_MAX_THREADS; r++) {
-        if (!__atomic_load_n(&h->ring[r].in_use, __ATOMIC_ACQUIRE) ||
-            __atomic_load_n(&us_threads[r].mode, __ATOMIC_ACQUIRE) == US_MODE_RECORD)
-            continue; /* no thread, or already live (and writing this ring) */
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        if (__atomic_load_n(&h->ring[r].in_use, __ATOMIC_ACQUIRE) == US_RING_FREE)
+            continue;
         if (__atomic_load_n(&h->ring[r].consumer[us_slot].tail, __ATOMIC_ACQUIRE) !=
             __atomic_load_n(&h->ring[r].head, __ATOMIC_ACQUIRE))
             return 0;
@@ -229,8 +227,24 @@ static int all_drained(void)
     return 1;
 }
 
+/*
+ * A thread of this backup has replayed its ring to the end. It waits until
+ * every other thread has too: the fds the program holds are known only then,
+ * and a thread that went live while another still replays could take a lock
+ * out of the logged order. Whatever a replaying thread still waits for was
+ * done, in the primary, before its last logged event, so it comes (a thread
+ * parked here has run up to its next call, past anything it did unlogged).
+ * Then one thread hands over the process (fds, in-flight calls, keeper) and
+ * all go live together.
+ */
 void us_promote(struct us_thread *t)
 {
+    /* Once one thread has seen every ring drained and begun, the others may
+     * not look again: a thread already live writes its ring on. */
+    while (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) == 0 && !all_drained()) {
+        struct timespec ts = {0, 50000};
+        US_SYSCALL2(SYS_nanosleep, &ts, 0);
+    }
     int expected = 0;
     if (__atomic_compare_exchange_n(&promote_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
@@ -241,14 +255,6 @@ void us_promote(struct us_thread *t)
             struct timespec ts = {0, 100000};
             US_SYSCALL2(SYS_nanosleep, &ts, 0);
         }
-    }
-    /* All threads go live together: one that went live while another still
-     * replays could take a lock out of the logged order. Whatever a replaying
-     * thread still waits for was done, in the primary, before its last event,
-     * so it comes. */
-    while (!all_drained()) {
-        struct timespec ts = {0, 50000};
-        US_SYSCALL2(SYS_nanosleep, &ts, 0);
     }
     __atomic_store_n(&t->mode, US_MODE_RECORD, __ATOMIC_RELEASE);
 }

@@ -127,7 +127,7 @@ __attribute__((constructor(101))) static void us_init(void)
     us_active = 1;
 
     if (primary) {
-        __atomic_store_n(&us_log_.hdr->ring[0].in_use, 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&us_log_.hdr->ring[0].in_use, US_RING_LIVE, __ATOMIC_RELEASE);
         us_log_.hdr->program_pid = (int32_t)US_SYSCALL0(SYS_getpid);
         me->keeper_pid = (int32_t)us_spawn_keeper();
     } else {

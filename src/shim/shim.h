@@ -33,14 +33,20 @@ enum us_mode { US_MODE_OFF = 0, US_MODE_RECORD = 1, US_MODE_REPLAY = 2 };
 /* One per logical thread; index = logical id = ring number. */
 struct us_thread {
     unsigned ring;
+    uint32_t id;           /* logical id: creation number (0: the main thread) */
     uint8_t mode;          /* enum us_mode */
     uint8_t in_engine;     /* inside us_syscall: signals are deferred */
     volatile char selector;/* SUD selector of this thread */
     int tid;               /* kernel tid in this replica */
     long (*start_fn)(void *); /* glibc's thread start, from the trapped clone3 */
     void *start_arg;
-    struct { uint32_t nr; int32_t fd; int64_t ret; uint64_t seq; } recent[16]; /* for
-                              divergence reports: the last events consumed */
+    struct {
+        uint16_t type;
+        uint32_t nr;
+        int32_t fd;
+        int64_t ret;
+        uint64_t check, seq;
+    } recent[16];          /* for divergence reports: the last events consumed */
     unsigned nrecent;
     uint64_t sigs_after;   /* primary: signals to hand to the program as the
                               current call returns; backup: nonzero if the
@@ -104,6 +110,8 @@ const char *us_sysname(long nr);
 /* Called at a divergence: reports, retires this replica and exits. */
 US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
                              const long *a, const char *why);
+/* The same, for something other than a system call, described by `what`. */
+US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what);
 
 /* sud.c */
 void us_sud_install(void);

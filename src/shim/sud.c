@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <ucontext.h>
 
 #include "engine.h"
@@ -36,43 +37,70 @@ static long thread_entry(void *p)
     return c->start_fn(c->start_arg);
 }
 
-/* The logical id of a thread being created: the primary allocates and logs
- * it in the parent's ring, a backup reads it from there. */
-static unsigned new_thread_id(struct us_thread *t)
+/*
+ * The ring of a thread being created. The primary takes a free ring, or one
+ * whose thread ended and every live backup has read to the end, and logs it
+ * with the thread's logical id (its creation number) in the parent's ring;
+ * a backup reads both from there.
+ */
+static unsigned claim_ring(void)
 {
     struct us_log_header *h = us_log_.hdr;
+    for (long waited_us = 0;; waited_us += 100) {
+        int exited = 0;
+        for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+            uint32_t use = __atomic_load_n(&h->ring[r].in_use, __ATOMIC_ACQUIRE);
+            if (use == US_RING_EXITED && !us_ring_consumed(&us_log_, r, us_slot)) {
+                exited = 1; /* a backup has yet to replay that thread's end */
+                continue;
+            }
+            if ((use == US_RING_FREE || use == US_RING_EXITED) &&
+                __atomic_compare_exchange_n(&h->ring[r].in_use, &use, US_RING_LIVE, 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                return r;
+        }
+        if (!exited || waited_us > 30000000)
+            us_fatal("the program has more than %d threads at once, the most understudy "
+                     "replicates", US_MAX_THREADS);
+        struct timespec ts = {0, 100000};
+        US_SYSCALL2(SYS_nanosleep, &ts, 0);
+    }
+}
+
+static unsigned new_thread_ring(struct us_thread *t, uint32_t *id)
+{
     if (t->mode == US_MODE_RECORD) {
-        unsigned id = __atomic_add_fetch(&h->nthreads, 1, __ATOMIC_SEQ_CST);
-        if (id >= US_MAX_THREADS)
-            us_fatal("the program created more than %d threads", US_MAX_THREADS);
-        __atomic_store_n(&h->ring[id].in_use, 1, __ATOMIC_RELEASE);
+        unsigned ring = claim_ring();
+        *id = __atomic_add_fetch(&us_log_.hdr->nthreads, 1, __ATOMIC_SEQ_CST);
         struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
         ev->type = US_EV_THREAD;
-        ev->fd = (int32_t)id;
+        ev->fd = (int32_t)ring;
+        ev->aux = *id;
         us_ring_publish(&us_log_, t->ring, ev, 0);
-        return id;
+        return ring;
     }
     struct us_event *ev = us_next_event(t);
     if (!ev) {
         us_promote(t);
-        return new_thread_id(t);
+        return new_thread_ring(t, id);
     }
-    if (ev->type != US_EV_THREAD || ev->fd <= 0 || ev->fd >= US_MAX_THREADS) {
-        long none[6] = {0};
-        us_diverged(t, ev, SYS_clone3, none, "the program created a thread here");
-    }
-    unsigned id = (unsigned)ev->fd;
-    us_ring_consume(&us_log_, t->ring, us_slot, ev);
-    return id;
+    if (ev->type != US_EV_THREAD || ev->fd < 0 || ev->fd >= US_MAX_THREADS)
+        us_diverged_at(t, ev, "a new thread");
+    unsigned ring = (unsigned)ev->fd;
+    *id = (uint32_t)ev->aux;
+    us_consume(t, ev);
+    return ring;
 }
 
 static struct us_thread *prepare_thread(struct us_thread *t, long fn, long arg)
 {
-    unsigned id = new_thread_id(t);
-    struct us_thread *c = &us_threads[id];
-    c->ring = id;
+    uint32_t id;
+    unsigned ring = new_thread_ring(t, &id);
+    struct us_thread *c = &us_threads[ring];
+    memset(c, 0, sizeof(*c));
+    c->ring = ring;
+    c->id = id;
     c->mode = t->mode;
-    c->in_engine = 0;
     c->start_fn = (long (*)(void *))fn;
     c->start_arg = (void *)arg;
     return c;

@@ -1,251 +1,751 @@
 /*
- * sync.c - the order in which threads acquire mutexes, recorded and enforced.
+ * sync.c - pthread synchronisation, recorded on the primary and enforced on
+ * the backups.
  *
- * Threads that share memory under a mutex make the program's state depend
- * on which thread got the mutex first. Each mutex has a version: the number
- * of times it was acquired. The primary logs, in the acquiring thread's own
- * ring, the version it got (no global lock: the version is bumped while the
- * mutex is held). A backup thread waits until the mutex reaches the version
- * before the logged one, then takes it. Condition variables need no record
- * of their own: a wait is an unlock, then a re-acquisition that is logged
- * like any other, with the outcome (woken or timed out) the primary saw; a
- * backup never sleeps on the condition itself, it follows the log.
+ * Every pthread primitive whose outcome depends on the thread schedule is
+ * interposed. Each synchronisation object gets a logical id when it is first
+ * used, carried in the record, so that replicas agree on objects even where
+ * their heaps differ; a backup binds its own address to the id it reads.
+ * Acquisitions are ordered per object by versions (order.h): a backup thread
+ * waits for the acquisition before its own in the primary's order, then
+ * takes the object for real (blocking: a trylock that succeeded on the
+ * primary may find the predecessor still holding it here). Results that are
+ * the schedule's alone (a timed wait that timed out, which thread a barrier
+ * picked, a semaphore's value) are replayed from the log.
  *
- * Objects are identified by address (the address spaces of the replicas are
- * identical); a mismatch is reported as a divergence. Not yet covered:
- * rwlocks, semaphores, barriers, spinlocks (docs/design.md).
+ * A backup checks that each call is the one the log holds next (same
+ * operation, same call site in the program): synchronisation the shim does
+ * not see (atomics, a raw futex) shows up there as a divergence.
+ *
+ * Shapes:
+ *   exclusive  mutex, spinlock, rwlock: the version is bumped while the
+ *              object is held (rwlock readers share it, so the object's order
+ *              lock covers acquisition number and publication);
+ *   counted    semaphores: the order lock covers number and publication;
+ *   replayed   barrier result, sem_getvalue, tryjoin: the result is logged;
+ *   once       pthread_once / call_once: logged only when not done yet;
+ *   keys       pthread_key_create/delete: ordered on one object.
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
+#include <semaphore.h>
 #include <string.h>
+#include <threads.h>
 #include <time.h>
 #include <linux/futex.h>
 
 #include "engine.h"
+#include "order.h"
 
 #define US_EXPORT __attribute__((visibility("default")))
+#define SITE ((uintptr_t)__builtin_return_address(0))
 
-enum sync_op { SYNC_LOCK = 1, SYNC_TRYLOCK = 2, SYNC_COND_RELOCK = 3, SYNC_TIMEDLOCK = 4 };
+/* ---- logical objects ------------------------------------------------------ */
 
-/* Versions of the mutexes of this replica: open addressing on the address. */
-#define NSLOTS 65536
-struct version {
-    uint32_t lo, hi;     /* the version; `lo` doubles as the futex word */
-    uint32_t waiters;    /* backup threads sleeping on `lo` */
-    uint32_t pad;
-};
+#define MAX_OBJS (1u << 18)
+#define KEYS_ID 1u /* the process's table of thread-specific data keys */
+static struct us_ord objs[MAX_OBJS];
+static uint32_t last_id = KEYS_ID; /* highest id handed out or seen */
 
+/* address -> logical id, open addressing; an address keeps its id until a
+ * backup learns from the log that the memory now holds another object */
+#define NSLOTS (1u << 19)
 static struct {
     uintptr_t addr;
-    struct version v;
+    uint32_t id;
+    uint32_t pad;
 } slots[NSLOTS];
 
-static inline uint64_t version_get(const struct version *v)
+static unsigned slot_of(uintptr_t a)
 {
-    uint32_t hi, lo;
-    do {
-        hi = __atomic_load_n(&v->hi, __ATOMIC_ACQUIRE);
-        lo = __atomic_load_n(&v->lo, __ATOMIC_ACQUIRE);
-    } while (hi != __atomic_load_n(&v->hi, __ATOMIC_ACQUIRE));
-    return (uint64_t)hi << 32 | lo;
-}
-
-/* Only the holder of the mutex sets its version. */
-static inline void version_set(struct version *v, uint64_t value)
-{
-    __atomic_store_n(&v->hi, (uint32_t)(value >> 32), __ATOMIC_RELEASE);
-    __atomic_store_n(&v->lo, (uint32_t)value, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&v->waiters, __ATOMIC_SEQ_CST))
-        US_SYSCALL3(SYS_futex, &v->lo, FUTEX_WAKE_PRIVATE, 0x7fffffff);
-}
-
-static struct version *version_of(const void *m)
-{
-    uintptr_t a = (uintptr_t)m;
     unsigned i = (unsigned)((a >> 3) * 0x9E3779B1u) & (NSLOTS - 1);
     for (unsigned n = 0; n < NSLOTS; n++, i = (i + 1) & (NSLOTS - 1)) {
         uintptr_t cur = __atomic_load_n(&slots[i].addr, __ATOMIC_ACQUIRE);
         if (cur == a)
-            return &slots[i].v;
+            return i;
         if (cur == 0) {
             uintptr_t zero = 0;
             if (__atomic_compare_exchange_n(&slots[i].addr, &zero, a, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE) || zero == a)
-                return &slots[i].v;
+                return i;
         }
     }
-    us_fatal("more than %d mutexes in use", NSLOTS);
+    us_fatal("more than %u synchronisation objects in use", NSLOTS);
 }
 
-static int (*real_lock)(pthread_mutex_t *);
-static int (*real_trylock)(pthread_mutex_t *);
-static int (*real_timedlock)(pthread_mutex_t *, const struct timespec *);
-static int (*real_unlock)(pthread_mutex_t *);
-static int (*real_cond_wait)(pthread_cond_t *, pthread_mutex_t *);
-static int (*real_cond_timedwait)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *);
-
-void us_sync_init(void);
-void us_sync_init(void)
+/* Primary: the logical id of the object at `p`, given on first use. */
+static uint32_t obj_id(const void *p)
 {
-    real_lock = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_lock");
-    real_trylock = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_trylock");
-    real_timedlock = (int (*)(pthread_mutex_t *, const struct timespec *))dlsym(
-        RTLD_NEXT, "pthread_mutex_timedlock");
-    real_unlock = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_unlock");
-    real_cond_wait = (int (*)(pthread_cond_t *, pthread_mutex_t *))dlvsym(
-        RTLD_NEXT, "pthread_cond_wait", "GLIBC_2.3.2");
-    real_cond_timedwait = (int (*)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *))
-        dlvsym(RTLD_NEXT, "pthread_cond_timedwait", "GLIBC_2.3.2");
-    if (!real_lock || !real_trylock || !real_timedlock || !real_unlock || !real_cond_wait ||
-        !real_cond_timedwait)
-        us_fatal("cannot find the pthread functions in libc");
+    unsigned i = slot_of((uintptr_t)p);
+    uint32_t id = __atomic_load_n(&slots[i].id, __ATOMIC_ACQUIRE);
+    if (US_LIKELY(id))
+        return id;
+    uint32_t fresh = __atomic_add_fetch(&last_id, 1, __ATOMIC_ACQ_REL);
+    if (fresh >= MAX_OBJS)
+        us_fatal("more than %u synchronisation objects created", MAX_OBJS);
+    uint32_t zero = 0;
+    if (__atomic_compare_exchange_n(&slots[i].id, &zero, fresh, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE))
+        return fresh;
+    return zero; /* another thread bound it first; `fresh` stays unused */
 }
 
-/* Is this thread's sync to be recorded or replayed? */
+/* Backup: the object at `p` is the log's `id` (kept for after a promotion,
+ * when this replica hands out ids itself and must keep the old ones). */
+static void obj_bind(const void *p, uint32_t id)
+{
+    unsigned i = slot_of((uintptr_t)p);
+    __atomic_store_n(&slots[i].id, id, __ATOMIC_RELEASE);
+    uint32_t seen = __atomic_load_n(&last_id, __ATOMIC_RELAXED);
+    while (seen < id &&
+           !__atomic_compare_exchange_n(&last_id, &seen, id, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        ;
+}
+
+/* ---- the real functions ------------------------------------------------------ */
+
+static struct {
+    int (*mutex_lock)(pthread_mutex_t *);
+    int (*mutex_trylock)(pthread_mutex_t *);
+    int (*mutex_timedlock)(pthread_mutex_t *, const struct timespec *);
+    int (*mutex_clocklock)(pthread_mutex_t *, clockid_t, const struct timespec *);
+    int (*cond_wait)(pthread_cond_t *, pthread_mutex_t *);
+    int (*cond_timedwait)(pthread_cond_t *, pthread_mutex_t *, const struct timespec *);
+    int (*cond_clockwait)(pthread_cond_t *, pthread_mutex_t *, clockid_t, const struct timespec *);
+    int (*mutex_unlock)(pthread_mutex_t *);
+    int (*rdlock)(pthread_rwlock_t *);
+    int (*tryrdlock)(pthread_rwlock_t *);
+    int (*timedrdlock)(pthread_rwlock_t *, const struct timespec *);
+    int (*clockrdlock)(pthread_rwlock_t *, clockid_t, const struct timespec *);
+    int (*wrlock)(pthread_rwlock_t *);
+    int (*trywrlock)(pthread_rwlock_t *);
+    int (*timedwrlock)(pthread_rwlock_t *, const struct timespec *);
+    int (*clockwrlock)(pthread_rwlock_t *, clockid_t, const struct timespec *);
+    int (*spin_lock)(pthread_spinlock_t *);
+    int (*spin_trylock)(pthread_spinlock_t *);
+    int (*sem_wait)(sem_t *);
+    int (*sem_trywait)(sem_t *);
+    int (*sem_timedwait)(sem_t *, const struct timespec *);
+    int (*sem_clockwait)(sem_t *, clockid_t, const struct timespec *);
+    int (*sem_getvalue)(sem_t *, int *);
+    int (*barrier_wait)(pthread_barrier_t *);
+    int (*once)(pthread_once_t *, void (*)(void));
+    int (*key_create)(pthread_key_t *, void (*)(void *));
+    int (*key_delete)(pthread_key_t);
+    int (*join)(pthread_t, void **);
+    int (*tryjoin)(pthread_t, void **);
+    int (*timedjoin)(pthread_t, void **, const struct timespec *);
+    int (*clockjoin)(pthread_t, void **, clockid_t, const struct timespec *);
+} real;
+
+static void *find(const char *name, const char *version)
+{
+    void *f = version ? dlvsym(RTLD_NEXT, name, version) : NULL;
+    if (!f)
+        f = dlsym(RTLD_NEXT, name);
+    if (!f)
+        us_fatal("cannot find %s in libc", name);
+    return f;
+}
+
+static void sync_init(void)
+{
+    real.mutex_trylock = find("pthread_mutex_trylock", NULL);
+    real.mutex_timedlock = find("pthread_mutex_timedlock", NULL);
+    real.mutex_clocklock = find("pthread_mutex_clocklock", NULL);
+    real.cond_wait = find("pthread_cond_wait", "GLIBC_2.3.2");
+    real.cond_timedwait = find("pthread_cond_timedwait", "GLIBC_2.3.2");
+    real.cond_clockwait = find("pthread_cond_clockwait", NULL);
+    real.mutex_unlock = find("pthread_mutex_unlock", NULL);
+    real.rdlock = find("pthread_rwlock_rdlock", NULL);
+    real.tryrdlock = find("pthread_rwlock_tryrdlock", NULL);
+    real.timedrdlock = find("pthread_rwlock_timedrdlock", NULL);
+    real.clockrdlock = find("pthread_rwlock_clockrdlock", NULL);
+    real.wrlock = find("pthread_rwlock_wrlock", NULL);
+    real.trywrlock = find("pthread_rwlock_trywrlock", NULL);
+    real.timedwrlock = find("pthread_rwlock_timedwrlock", NULL);
+    real.clockwrlock = find("pthread_rwlock_clockwrlock", NULL);
+    real.spin_lock = find("pthread_spin_lock", NULL);
+    real.spin_trylock = find("pthread_spin_trylock", NULL);
+    real.sem_wait = find("sem_wait", "GLIBC_2.34");
+    real.sem_trywait = find("sem_trywait", "GLIBC_2.34");
+    real.sem_timedwait = find("sem_timedwait", "GLIBC_2.34");
+    real.sem_clockwait = find("sem_clockwait", NULL);
+    real.sem_getvalue = find("sem_getvalue", "GLIBC_2.34");
+    real.barrier_wait = find("pthread_barrier_wait", NULL);
+    real.once = find("pthread_once", NULL);
+    real.key_create = find("pthread_key_create", NULL);
+    real.key_delete = find("pthread_key_delete", NULL);
+    real.join = find("pthread_join", NULL);
+    real.tryjoin = find("pthread_tryjoin_np", NULL);
+    real.timedjoin = find("pthread_timedjoin_np", NULL);
+    real.clockjoin = find("pthread_clockjoin_np", NULL);
+    __atomic_store_n(&real.mutex_lock, find("pthread_mutex_lock", NULL), __ATOMIC_RELEASE);
+}
+
+/* This thread's synchronisation is recorded or replayed (not the shim's
+ * own, not a thread outside the log). */
 static struct us_thread *tracked(void)
 {
+    if (US_UNLIKELY(!__atomic_load_n(&real.mutex_lock, __ATOMIC_ACQUIRE)))
+        sync_init(); /* another library's constructor runs before ours */
     struct us_thread *t = us_self;
-    if (US_UNLIKELY(!real_lock))
-        us_sync_init(); /* called by another library's constructor, before ours */
     return (t && t->mode != US_MODE_OFF && !t->in_engine) ? t : NULL;
 }
 
-static void record(struct us_thread *t, int op, const void *m, uint64_t version, int ret)
+/* ---- records ------------------------------------------------------------------ */
+
+static void record(struct us_thread *t, int op, uint32_t id, const void *addr, uint32_t version,
+                   long ret, uintptr_t site)
 {
+    t->in_engine = 1;
     struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
     ev->type = US_EV_SYNC;
     ev->fd = op;
-    ev->aux = (uint64_t)(uintptr_t)m;
+    ev->nr = id;
     ev->check = version;
     ev->ret = ret;
+    ev->aux = (uint64_t)(uintptr_t)addr;
+    ev->site = site;
     us_ring_publish(&us_log_, t->ring, ev, 0);
+    t->in_engine = 0;
 }
 
-/* Backup: the logged acquisition for this call; NULL once promoted. */
-static struct us_event *expect(struct us_thread *t, int op, const void *m)
+static const char *op_name(int op)
+{
+    static const char *const names[] = {
+        [US_SYNC_LOCK] = "a mutex lock", [US_SYNC_TRYLOCK] = "a mutex trylock",
+        [US_SYNC_COND_RELOCK] = "a condition wait", [US_SYNC_RDLOCK] = "an rwlock read lock",
+        [US_SYNC_WRLOCK] = "an rwlock write lock", [US_SYNC_SEM_WAIT] = "a semaphore wait",
+        [US_SYNC_SEM_VALUE] = "sem_getvalue", [US_SYNC_SPIN] = "a spinlock",
+        [US_SYNC_BARRIER] = "a barrier wait", [US_SYNC_ONCE] = "a pthread_once",
+        [US_SYNC_KEY] = "pthread_key_create/delete", [US_SYNC_JOIN] = "a try/timed join",
+        [US_SYNC_BARRIER_PASSED] = "a barrier wait",
+    };
+    return op > 0 && op <= US_SYNC_BARRIER_PASSED ? names[op] : "?";
+}
+
+US_NORETURN static void sync_diverged(struct us_thread *t, const struct us_event *ev, int op,
+                                      uintptr_t site, const char *why)
+{
+    char what[160];
+    us_fmt(what, sizeof(what), "%s at %p: %s", op_name(op), (void *)site, why);
+    us_diverged_at(t, ev, what);
+}
+
+/* Backup: the logged operation for this call, checked; NULL once promoted. */
+static struct us_event *expect(struct us_thread *t, int op, uintptr_t site)
 {
     struct us_event *ev = us_next_event(t);
     if (!ev)
         return NULL;
-    if (ev->type != US_EV_SYNC || ev->fd != op || ev->aux != (uint64_t)(uintptr_t)m) {
-        long a[6] = {(long)(uintptr_t)m, 0, 0, 0, 0, 0};
-        us_diverged(t, ev, 0, a, "the primary took another lock here");
+    if (ev->type != US_EV_SYNC || ev->fd != op)
+        sync_diverged(t, ev, op, site, "the primary did something else here");
+    if (ev->site != site) {
+        char why[96];
+        us_fmt(why, sizeof(why), "the primary made it from %p", (void *)ev->site);
+        sync_diverged(t, ev, op, site, why);
     }
+    if (ev->nr >= MAX_OBJS)
+        us_fatal("corrupt synchronisation record in the log of thread %u", t->ring);
     return ev;
 }
 
-/* Backup: take `m` as the acquisition number `version` of it. The thread
- * before us in the log's order wakes us when it sets its version. */
-static void acquire_in_order(pthread_mutex_t *m, uint64_t version)
+/* ---- exclusive and counted acquisitions ------------------------------------------ */
+
+enum acq_kind { A_MUTEX, A_RDLOCK, A_WRLOCK, A_SPIN, A_SEM };
+
+struct acquire {
+    enum acq_kind kind;
+    int op;
+    void *obj;
+    int (*attempt)(void *obj, const void *arg1, const void *arg2); /* the call the program made */
+    const void *arg1, *arg2;
+};
+
+/* The blocking form, for a backup whose turn has come. */
+static int take(const struct acquire *q)
 {
-    struct version *v = version_of(m);
-    for (unsigned spins = 0;; spins++) {
-        uint64_t cur = version_get(v);
-        if (cur == version - 1)
-            break;
-        if (spins < 100) {
-            __builtin_ia32_pause();
-            continue;
-        }
-        if (spins < 200) {
-            /* the thread we wait for may be runnable on this very CPU */
-            US_SYSCALL0(SYS_sched_yield);
-            continue;
-        }
-        __atomic_add_fetch(&v->waiters, 1, __ATOMIC_SEQ_CST);
-        if (version_get(v) == cur) {
-            struct timespec ts = {0, 10000000}; /* re-check at least every 10 ms */
-            US_SYSCALL4(SYS_futex, &v->lo, FUTEX_WAIT_PRIVATE, (uint32_t)cur, &ts);
-        }
-        __atomic_sub_fetch(&v->waiters, 1, __ATOMIC_SEQ_CST);
+    switch (q->kind) {
+    case A_MUTEX: return real.mutex_lock(q->obj);
+    case A_RDLOCK: return real.rdlock(q->obj);
+    case A_WRLOCK: return real.wrlock(q->obj);
+    case A_SPIN: return real.spin_lock(q->obj);
+    case A_SEM:
+        while (real.sem_wait(q->obj) < 0 && errno == EINTR)
+            ;
+        return 0;
     }
-    real_lock(m);
-    version_set(v, version);
+    return 0;
 }
 
-/* Primary: we hold `m` now; log which acquisition of it this is. */
-static void note_acquired(struct us_thread *t, int op, pthread_mutex_t *m, int ret)
-{
-    struct version *v = version_of(m);
-    uint64_t mine = version_get(v) + 1;
-    version_set(v, mine);
-    t->in_engine = 1;
-    record(t, op, m, mine, ret);
-    t->in_engine = 0;
-}
-
-static int lock_common(pthread_mutex_t *m, int op, const struct timespec *abstime)
+static int acquire(const struct acquire *q, uintptr_t site)
 {
     struct us_thread *t = tracked();
     if (!t)
-        return op == SYNC_TRYLOCK ? real_trylock(m)
-               : op == SYNC_TIMEDLOCK ? real_timedlock(m, abstime) : real_lock(m);
+        return q->attempt(q->obj, q->arg1, q->arg2);
     if (t->mode == US_MODE_REPLAY) {
-        struct us_event *ev = expect(t, op, m);
+        struct us_event *ev = expect(t, q->op, site);
         if (ev) {
+            uint32_t id = ev->nr, version = (uint32_t)ev->check;
             int ret = (int)ev->ret;
-            uint64_t version = ev->check;
+            if (id == 0)
+                us_fatal("corrupt synchronisation record in the log of thread %u", t->ring);
+            obj_bind(q->obj, id);
+            if (ret == 0) {
+                us_ord_wait(&objs[id], version);
+                take(q);
+                us_ord_set(&objs[id], version);
+            }
             us_consume(t, ev);
-            if (ret == 0)
-                acquire_in_order(m, version);
+            if (q->kind == A_SEM && ret != 0) {
+                errno = ret;
+                return -1;
+            }
             return ret;
         }
         us_promote(t);
     }
-    int r = op == SYNC_TRYLOCK ? real_trylock(m)
-            : op == SYNC_TIMEDLOCK ? real_timedlock(m, abstime) : real_lock(m);
-    if (r == 0)
-        note_acquired(t, op, m, 0);
-    else {
-        t->in_engine = 1;
-        record(t, op, m, 0, r);
-        t->in_engine = 0;
+    /* Exclusive holders number their acquisitions while they hold the
+     * object; shared ones (readers, semaphore tokens) under its order lock.
+     * pthread calls return 0 or an error, sem_* 0 or -1 with errno. */
+    int shared = q->kind == A_RDLOCK || q->kind == A_WRLOCK || q->kind == A_SEM;
+    int r = q->attempt(q->obj, q->arg1, q->arg2);
+    int err = q->kind == A_SEM ? (r == 0 ? 0 : errno) : r;
+    uint32_t id = obj_id(q->obj);
+    struct us_ord *o = &objs[id];
+    if (r != 0) {
+        record(t, q->op, id, q->obj, 0, err, site);
+        if (q->kind == A_SEM)
+            errno = err;
+        return r;
     }
+    if (shared)
+        us_ord_lock(o);
+    record(t, q->op, id, q->obj, us_ord_bump(o), 0, site);
+    if (shared)
+        us_ord_unlock(o);
     return r;
 }
 
-US_EXPORT int pthread_mutex_lock(pthread_mutex_t *m) { return lock_common(m, SYNC_LOCK, NULL); }
-US_EXPORT int pthread_mutex_trylock(pthread_mutex_t *m) { return lock_common(m, SYNC_TRYLOCK, NULL); }
+#define ACQ(kind_, op_, obj_, fn_, a1_, a2_) \
+    acquire(&(struct acquire){kind_, op_, (void *)(obj_), fn_, a1_, a2_}, SITE)
+
+static int do_mutex_lock(void *m, const void *a, const void *b) { (void)a; (void)b; return real.mutex_lock(m); }
+static int do_mutex_trylock(void *m, const void *a, const void *b) { (void)a; (void)b; return real.mutex_trylock(m); }
+static int do_mutex_timedlock(void *m, const void *ts, const void *b) { (void)b; return real.mutex_timedlock(m, ts); }
+static int do_mutex_clocklock(void *m, const void *clk, const void *ts)
+{
+    return real.mutex_clocklock(m, *(const clockid_t *)clk, ts);
+}
+
+US_EXPORT int pthread_mutex_lock(pthread_mutex_t *m)
+{
+    return ACQ(A_MUTEX, US_SYNC_LOCK, m, do_mutex_lock, 0, 0);
+}
+US_EXPORT int pthread_mutex_trylock(pthread_mutex_t *m)
+{
+    return ACQ(A_MUTEX, US_SYNC_TRYLOCK, m, do_mutex_trylock, 0, 0);
+}
 US_EXPORT int pthread_mutex_timedlock(pthread_mutex_t *m, const struct timespec *abstime)
 {
-    return lock_common(m, SYNC_TIMEDLOCK, abstime);
+    return ACQ(A_MUTEX, US_SYNC_LOCK, m, do_mutex_timedlock, abstime, 0);
 }
-US_EXPORT int pthread_mutex_unlock(pthread_mutex_t *m) { return real_unlock(m); }
+US_EXPORT int pthread_mutex_clocklock(pthread_mutex_t *m, clockid_t clk, const struct timespec *abstime)
+{
+    return ACQ(A_MUTEX, US_SYNC_LOCK, m, do_mutex_clocklock, &clk, abstime);
+}
 
-static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *abstime)
+static int do_rdlock(void *l, const void *a, const void *b) { (void)a; (void)b; return real.rdlock(l); }
+static int do_tryrdlock(void *l, const void *a, const void *b) { (void)a; (void)b; return real.tryrdlock(l); }
+static int do_timedrdlock(void *l, const void *ts, const void *b) { (void)b; return real.timedrdlock(l, ts); }
+static int do_clockrdlock(void *l, const void *clk, const void *ts)
+{
+    return real.clockrdlock(l, *(const clockid_t *)clk, ts);
+}
+static int do_wrlock(void *l, const void *a, const void *b) { (void)a; (void)b; return real.wrlock(l); }
+static int do_trywrlock(void *l, const void *a, const void *b) { (void)a; (void)b; return real.trywrlock(l); }
+static int do_timedwrlock(void *l, const void *ts, const void *b) { (void)b; return real.timedwrlock(l, ts); }
+static int do_clockwrlock(void *l, const void *clk, const void *ts)
+{
+    return real.clockwrlock(l, *(const clockid_t *)clk, ts);
+}
+
+US_EXPORT int pthread_rwlock_rdlock(pthread_rwlock_t *l)
+{
+    return ACQ(A_RDLOCK, US_SYNC_RDLOCK, l, do_rdlock, 0, 0);
+}
+US_EXPORT int pthread_rwlock_tryrdlock(pthread_rwlock_t *l)
+{
+    return ACQ(A_RDLOCK, US_SYNC_RDLOCK, l, do_tryrdlock, 0, 0);
+}
+US_EXPORT int pthread_rwlock_timedrdlock(pthread_rwlock_t *l, const struct timespec *abstime)
+{
+    return ACQ(A_RDLOCK, US_SYNC_RDLOCK, l, do_timedrdlock, abstime, 0);
+}
+US_EXPORT int pthread_rwlock_clockrdlock(pthread_rwlock_t *l, clockid_t clk, const struct timespec *abstime)
+{
+    return ACQ(A_RDLOCK, US_SYNC_RDLOCK, l, do_clockrdlock, &clk, abstime);
+}
+US_EXPORT int pthread_rwlock_wrlock(pthread_rwlock_t *l)
+{
+    return ACQ(A_WRLOCK, US_SYNC_WRLOCK, l, do_wrlock, 0, 0);
+}
+US_EXPORT int pthread_rwlock_trywrlock(pthread_rwlock_t *l)
+{
+    return ACQ(A_WRLOCK, US_SYNC_WRLOCK, l, do_trywrlock, 0, 0);
+}
+US_EXPORT int pthread_rwlock_timedwrlock(pthread_rwlock_t *l, const struct timespec *abstime)
+{
+    return ACQ(A_WRLOCK, US_SYNC_WRLOCK, l, do_timedwrlock, abstime, 0);
+}
+US_EXPORT int pthread_rwlock_clockwrlock(pthread_rwlock_t *l, clockid_t clk, const struct timespec *abstime)
+{
+    return ACQ(A_WRLOCK, US_SYNC_WRLOCK, l, do_clockwrlock, &clk, abstime);
+}
+
+static int do_spin_lock(void *l, const void *a, const void *b) { (void)a; (void)b; return real.spin_lock(l); }
+static int do_spin_trylock(void *l, const void *a, const void *b) { (void)a; (void)b; return real.spin_trylock(l); }
+
+US_EXPORT int pthread_spin_lock(pthread_spinlock_t *l)
+{
+    return ACQ(A_SPIN, US_SYNC_SPIN, (void *)l, do_spin_lock, 0, 0);
+}
+US_EXPORT int pthread_spin_trylock(pthread_spinlock_t *l)
+{
+    return ACQ(A_SPIN, US_SYNC_SPIN, (void *)l, do_spin_trylock, 0, 0);
+}
+
+static int do_sem_wait(void *s, const void *a, const void *b) { (void)a; (void)b; return real.sem_wait(s); }
+static int do_sem_trywait(void *s, const void *a, const void *b) { (void)a; (void)b; return real.sem_trywait(s); }
+static int do_sem_timedwait(void *s, const void *ts, const void *b) { (void)b; return real.sem_timedwait(s, ts); }
+static int do_sem_clockwait(void *s, const void *clk, const void *ts)
+{
+    return real.sem_clockwait(s, *(const clockid_t *)clk, ts);
+}
+
+US_EXPORT int sem_wait(sem_t *s) { return ACQ(A_SEM, US_SYNC_SEM_WAIT, s, do_sem_wait, 0, 0); }
+US_EXPORT int sem_trywait(sem_t *s) { return ACQ(A_SEM, US_SYNC_SEM_WAIT, s, do_sem_trywait, 0, 0); }
+US_EXPORT int sem_timedwait(sem_t *s, const struct timespec *abstime)
+{
+    return ACQ(A_SEM, US_SYNC_SEM_WAIT, s, do_sem_timedwait, abstime, 0);
+}
+US_EXPORT int sem_clockwait(sem_t *s, clockid_t clk, const struct timespec *abstime)
+{
+    return ACQ(A_SEM, US_SYNC_SEM_WAIT, s, do_sem_clockwait, &clk, abstime);
+}
+
+/* ---- condition variables ---------------------------------------------------------- */
+
+/*
+ * A wait is an unlock, then a re-acquisition of the mutex that is logged like
+ * any other, with the outcome (woken, timed out) the primary saw. A backup
+ * never sleeps on the condition: it releases the mutex as the primary did and
+ * re-takes it at its turn. Signal and broadcast need no record.
+ */
+static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, int clk, const struct timespec *abstime,
+                       uintptr_t site)
 {
     struct us_thread *t = tracked();
+    int r;
     if (!t)
-        return abstime ? real_cond_timedwait(c, m, abstime) : real_cond_wait(c, m);
+        goto native;
     if (t->mode == US_MODE_REPLAY) {
-        /* The wait releases the mutex first, as the primary's did, before
-         * the re-acquisition is even logged. */
-        real_unlock(m);
-        struct us_event *ev = expect(t, SYNC_COND_RELOCK, m);
+        real.mutex_unlock(m);
+        struct us_event *ev = expect(t, US_SYNC_COND_RELOCK, site);
         if (ev) {
+            uint32_t id = ev->nr, version = (uint32_t)ev->check;
             int ret = (int)ev->ret;
-            uint64_t version = ev->check;
+            if (version == 0) { /* the wait failed (bad arguments) in the primary */
+                real.mutex_lock(m);
+                us_consume(t, ev);
+                return ret;
+            }
+            obj_bind(m, id);
+            us_ord_wait(&objs[id], version);
+            real.mutex_lock(m);
+            us_ord_set(&objs[id], version);
             us_consume(t, ev);
-            acquire_in_order(m, version);
             return ret;
         }
         /* Promoted while waiting: wake up spuriously (allowed), holding the
          * mutex again, as a primary now. */
         us_promote(t);
-        int r = real_lock(m);
-        if (r == 0)
-            note_acquired(t, SYNC_COND_RELOCK, m, 0);
+        r = real.mutex_lock(m);
+        if (r == 0) {
+            uint32_t id = obj_id(m);
+            record(t, US_SYNC_COND_RELOCK, id, m, us_ord_bump(&objs[id]), 0, site);
+        }
         return r;
     }
-    int r = abstime ? real_cond_timedwait(c, m, abstime) : real_cond_wait(c, m);
-    note_acquired(t, SYNC_COND_RELOCK, m, r);
+native:
+    if (!abstime)
+        r = real.cond_wait(c, m);
+    else if (clk < 0)
+        r = real.cond_timedwait(c, m, abstime);
+    else
+        r = real.cond_clockwait(c, m, clk, abstime);
+    if (t) {
+        /* the mutex is held again unless the wait failed outright */
+        uint32_t id = obj_id(m);
+        int held = r == 0 || r == ETIMEDOUT || r == EOWNERDEAD;
+        record(t, US_SYNC_COND_RELOCK, id, m, held ? us_ord_bump(&objs[id]) : 0, r, site);
+    }
     return r;
 }
 
-US_EXPORT int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m) { return cond_common(c, m, NULL); }
+US_EXPORT int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+{
+    return cond_common(c, m, -1, NULL, SITE);
+}
 US_EXPORT int pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *abstime)
 {
-    return cond_common(c, m, abstime);
+    return cond_common(c, m, -1, abstime, SITE);
+}
+US_EXPORT int pthread_cond_clockwait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clk,
+                                     const struct timespec *abstime)
+{
+    return cond_common(c, m, (int)clk, abstime, SITE);
+}
+
+/* ---- results replayed from the log ------------------------------------------------
+ * A result of the schedule's alone: the primary logs it, a backup returns it,
+ * after doing the part of the call that must happen in every replica. These
+ * records order nothing and carry no object id. */
+
+
+US_EXPORT int sem_getvalue(sem_t *restrict s, int *restrict value)
+{
+    uintptr_t site = SITE;
+    struct us_thread *t = tracked();
+    if (t && t->mode == US_MODE_REPLAY) {
+        struct us_event *ev = expect(t, US_SYNC_SEM_VALUE, site);
+        if (ev) {
+            *value = (int)ev->ret;
+            us_consume(t, ev);
+            return 0;
+        }
+        us_promote(t);
+    }
+    int r = real.sem_getvalue(s, value);
+    if (t && r == 0)
+        record(t, US_SYNC_SEM_VALUE, 0, s, 0, *value, site);
+    return r;
+}
+
+/*
+ * Which thread a barrier names PTHREAD_BARRIER_SERIAL_THREAD is the
+ * schedule's choice; every replica still waits at the barrier for real. The
+ * arrival is logged before waiting, so that at a promotion a backup thread
+ * whose twin passed the barrier is not left waiting for a partner whose
+ * arrival the dead primary never logged: that partner goes live and arrives.
+ */
+US_EXPORT int pthread_barrier_wait(pthread_barrier_t *b)
+{
+    uintptr_t site = SITE;
+    struct us_thread *t = tracked();
+    if (t && t->mode == US_MODE_REPLAY) {
+        struct us_event *ev = expect(t, US_SYNC_BARRIER, site);
+        if (ev) {
+            us_consume(t, ev);
+            int r = real.barrier_wait(b);
+            ev = expect(t, US_SYNC_BARRIER_PASSED, site);
+            if (ev) {
+                r = (int)ev->ret;
+                us_consume(t, ev);
+                return r;
+            }
+            us_promote(t);
+            record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
+            return r;
+        }
+        us_promote(t);
+    }
+    if (t)
+        record(t, US_SYNC_BARRIER, 0, b, 0, 0, site);
+    int r = real.barrier_wait(b);
+    if (t)
+        record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
+    return r;
+}
+
+/* tryjoin/timedjoin: whether the thread had ended is the schedule's; a
+ * backup that must succeed waits for its twin to end. */
+static int join_common(pthread_t th, void **retval, int kind, clockid_t clk,
+                       const struct timespec *abstime, uintptr_t site)
+{
+    struct us_thread *t = tracked();
+    if (t && t->mode == US_MODE_REPLAY) {
+        struct us_event *ev = expect(t, US_SYNC_JOIN, site);
+        if (ev) {
+            int ret = (int)ev->ret;
+            us_consume(t, ev);
+            return ret == 0 ? real.join(th, retval) : ret;
+        }
+        us_promote(t);
+    }
+    int r = kind == 0 ? real.tryjoin(th, retval)
+            : kind == 1 ? real.timedjoin(th, retval, abstime)
+                        : real.clockjoin(th, retval, clk, abstime);
+    if (t)
+        record(t, US_SYNC_JOIN, 0, (void *)th, 0, r, site);
+    return r;
+}
+
+US_EXPORT int pthread_tryjoin_np(pthread_t th, void **retval)
+{
+    return join_common(th, retval, 0, 0, NULL, SITE);
+}
+US_EXPORT int pthread_timedjoin_np(pthread_t th, void **retval, const struct timespec *abstime)
+{
+    return join_common(th, retval, 1, 0, abstime, SITE);
+}
+US_EXPORT int pthread_clockjoin_np(pthread_t th, void **retval, clockid_t clk, const struct timespec *abstime)
+{
+    return join_common(th, retval, 2, clk, abstime, SITE);
+}
+
+/* ---- once ----------------------------------------------------------------------- */
+
+#define ONCE_DONE 2 /* glibc's __PTHREAD_ONCE_DONE bit */
+
+static int once_done(pthread_once_t *o)
+{
+    return (__atomic_load_n((int *)o, __ATOMIC_ACQUIRE) & ONCE_DONE) != 0;
+}
+
+/*
+ * Which thread runs the initialiser is the schedule's choice. The primary
+ * logs a call only when it finds the initialisation not done, and before
+ * running it (its events follow in the same ring). A backup whose next event
+ * is not that record knows the primary found it done: it waits until the
+ * initialiser has run here too.
+ */
+static int once_common(pthread_once_t *o, void (*init)(void), uintptr_t site)
+{
+    struct us_thread *t = tracked();
+    if (!t)
+        return real.once(o, init);
+    if (t->mode == US_MODE_REPLAY) {
+        /* Ours if it is a once record of this call site and object (once
+         * controls are static data, at one address in every replica). */
+        struct us_event *ev = us_next_event(t);
+        if (ev && ev->type == US_EV_SYNC && ev->fd == US_SYNC_ONCE && ev->site == site &&
+            ev->aux == (uint64_t)(uintptr_t)o) {
+            uint32_t id = ev->nr, version = (uint32_t)ev->check;
+            if (id == 0 || id >= MAX_OBJS)
+                us_fatal("corrupt synchronisation record in the log of thread %u", t->ring);
+            obj_bind(o, id);
+            us_ord_wait(&objs[id], version);
+            us_consume(t, ev);
+            int r = real.once(o, init);
+            us_ord_set(&objs[id], version);
+            return r;
+        }
+        if (ev) {
+            while (!once_done(o)) {
+                struct timespec ts = {0, 50000};
+                US_SYSCALL2(SYS_nanosleep, &ts, 0);
+            }
+            return 0;
+        }
+        us_promote(t);
+    }
+    if (once_done(o))
+        return 0;
+    uint32_t id = obj_id(o);
+    struct us_ord *ord = &objs[id];
+    us_ord_lock(ord);
+    if (once_done(o)) {
+        us_ord_unlock(ord);
+        return 0;
+    }
+    record(t, US_SYNC_ONCE, id, o, us_ord_bump(ord), 0, site);
+    int r = real.once(o, init);
+    us_ord_unlock(ord);
+    return r;
+}
+
+US_EXPORT int pthread_once(pthread_once_t *o, void (*init)(void))
+{
+    return once_common(o, init, SITE);
+}
+US_EXPORT void call_once(once_flag *flag, void (*fn)(void))
+{
+    once_common((pthread_once_t *)flag, fn, SITE);
+}
+
+/* ---- thread-specific data keys --------------------------------------------------- */
+
+/* Key numbers are handed out by a race between creating threads: ordered. */
+static int key_common(pthread_key_t *key, pthread_key_t del, void (*dtor)(void *), uintptr_t site)
+{
+    struct us_thread *t = tracked();
+    struct us_ord *o = &objs[KEYS_ID];
+    if (!t)
+        return key ? real.key_create(key, dtor) : real.key_delete(del);
+    if (t->mode == US_MODE_REPLAY) {
+        struct us_event *ev = expect(t, US_SYNC_KEY, site);
+        if (ev) {
+            us_ord_wait(o, (uint32_t)ev->check);
+            int r = key ? real.key_create(key, dtor) : real.key_delete(del);
+            if (r != (int)ev->ret || (key && r == 0 && *key != (pthread_key_t)ev->aux))
+                sync_diverged(t, ev, US_SYNC_KEY, site, "the primary got another key");
+            us_ord_set(o, (uint32_t)ev->check);
+            us_consume(t, ev);
+            return r;
+        }
+        us_promote(t);
+    }
+    us_ord_lock(o);
+    int r = key ? real.key_create(key, dtor) : real.key_delete(del);
+    record(t, US_SYNC_KEY, KEYS_ID, (void *)(uintptr_t)(key && r == 0 ? *key : del),
+           us_ord_bump(o), r, site);
+    us_ord_unlock(o);
+    return r;
+}
+
+US_EXPORT int pthread_key_create(pthread_key_t *key, void (*dtor)(void *))
+{
+    return key_common(key, 0, dtor, SITE);
+}
+US_EXPORT int pthread_key_delete(pthread_key_t key)
+{
+    return key_common(NULL, key, NULL, SITE);
+}
+
+/* ---- C11 threads: glibc implements them on the pthread calls internally,
+ * out of reach of interposition, so they are interposed too -------------------- */
+
+static int thrd_result(int r)
+{
+    switch (r) {
+    case 0: return thrd_success;
+    case EBUSY: return thrd_busy;
+    case ETIMEDOUT: return thrd_timedout;
+    case ENOMEM: return thrd_nomem;
+    default: return thrd_error;
+    }
+}
+
+US_EXPORT int mtx_lock(mtx_t *m)
+{
+    return thrd_result(ACQ(A_MUTEX, US_SYNC_LOCK, m, do_mutex_lock, 0, 0));
+}
+US_EXPORT int mtx_trylock(mtx_t *m)
+{
+    return thrd_result(ACQ(A_MUTEX, US_SYNC_TRYLOCK, m, do_mutex_trylock, 0, 0));
+}
+US_EXPORT int mtx_timedlock(mtx_t *restrict m, const struct timespec *restrict ts)
+{
+    return thrd_result(ACQ(A_MUTEX, US_SYNC_LOCK, m, do_mutex_timedlock, ts, 0));
+}
+US_EXPORT int cnd_wait(cnd_t *c, mtx_t *m)
+{
+    return thrd_result(cond_common((pthread_cond_t *)c, (pthread_mutex_t *)m, -1, NULL, SITE));
+}
+US_EXPORT int cnd_timedwait(cnd_t *restrict c, mtx_t *restrict m, const struct timespec *restrict ts)
+{
+    return thrd_result(cond_common((pthread_cond_t *)c, (pthread_mutex_t *)m, -1, ts, SITE));
 }

@@ -6,6 +6,7 @@
  * error naming it. Add a call only together with what it writes.
  */
 #include "engine.h"
+#include "order.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -211,19 +212,18 @@ long us_sock_read(struct us_thread *t, long nr, long *a)
 {
     struct us_fd *f = us_fd_get(a[0]);
     const struct us_sysdesc *generic = nr == SYS_read ? &d_input_buf1 : &d_recvfrom;
-    if (!f || f->kind != US_FD_SOCKET || (nr == SYS_recvfrom && a[4]))
-        return t->mode == US_MODE_RECORD ? us_record(t, nr, a, generic)
-                                         : us_replay(t, nr, a, generic);
 
     if (t->mode == US_MODE_REPLAY) {
+        /* The record says which way the primary read: this replica's view
+         * of the fd may lag behind another thread's replay. */
         struct us_event *ev = us_expect(t, nr, a, generic);
         if (!ev) {
             us_promote(t);
             return us_sock_read(t, nr, a);
         }
-        long r = ev->ret;
         if (!(ev->flags & US_EVF_RECV_SLOT))
-            us_diverged(t, ev, nr, a, "socket read without its data");
+            return us_replay_event(t, nr, a, generic, ev);
+        long r = ev->ret;
         const struct us_blob *b = (const struct us_blob *)((const uint8_t *)(ev + 1) +
                                                            sizeof(struct us_recv_slot));
         if (r > 0) {
@@ -234,6 +234,9 @@ long us_sock_read(struct us_thread *t, long nr, long *a)
         us_consume(t, ev);
         return r;
     }
+
+    if (!f || f->kind != US_FD_SOCKET || (nr == SYS_recvfrom && a[4]))
+        return us_record(t, nr, a, generic);
 
     size_t want = (size_t)a[2];
     uint32_t cap = us_ring_max_payload(&us_log_) - (uint32_t)(sizeof(struct us_recv_slot) +
@@ -275,14 +278,28 @@ long us_sock_read(struct us_thread *t, long nr, long *a)
 }
 
 /*
- * mmap: the primary logs the address it got; a backup maps at that very
- * address (MAP_FIXED_NOREPLACE), so the address spaces stay identical, and a
- * difference is caught here instead of surfacing later as an odd divergence.
+ * The address space: mmap, munmap, mremap and brk are ordered across threads
+ * (the primary holds the address space's order lock from the call to the
+ * publication of its record), so every replica's map changes in the same
+ * order and stays identical. A backup maps at the very address the primary
+ * got (MAP_FIXED_NOREPLACE) and checks every result, so a difference is
+ * caught here instead of surfacing later as an odd divergence.
  */
 static const struct us_sysdesc d_mmap = {K_INPUT, -1, 1, 0, 0, 0};
-static long sp_mmap(struct us_thread *t, long nr, long *a)
+static const struct us_sysdesc d_munmap = {K_INPUT, -1, 1, 0, 0, 0};
+static const struct us_sysdesc d_mremap = {K_INPUT, -1, 2, 0, 0, 0};
+static const struct us_sysdesc d_brk = {K_INPUT, -1, -1, 0, 0, 0};
+
+static const struct us_sysdesc *mm_desc(long nr)
 {
-    if (!(a[3] & MAP_ANONYMOUS) && (int)a[4] >= 0) {
+    return nr == SYS_mmap ? &d_mmap : nr == SYS_munmap ? &d_munmap
+           : nr == SYS_mremap ? &d_mremap : &d_brk;
+}
+
+static long sp_mm(struct us_thread *t, long nr, long *a)
+{
+    const struct us_sysdesc *d = mm_desc(nr);
+    if (nr == SYS_mmap && !(a[3] & MAP_ANONYMOUS) && (int)a[4] >= 0) {
         /* A file mapping that cannot write the file (locale data, a library)
          * reads the same file in every replica (engine.c opens read-only files
          * in the backups too). A writable shared one would be a channel the
@@ -293,26 +310,72 @@ static long sp_mmap(struct us_thread *t, long nr, long *a)
                      "of regular files that cannot write them are replicated",
                      (int)a[4], (unsigned long)a[3], (unsigned long)a[2]);
     }
-    if (t->mode == US_MODE_RECORD)
-        return us_record(t, nr, a, &d_mmap);
-    struct us_event *ev = us_expect(t, nr, a, &d_mmap);
-    if (!ev) {
-        us_promote(t);
-        return us_record(t, nr, a, &d_mmap);
-    }
-    long want = ev->ret;
-    if (want < 0 && want > -4096) {
+    if (t->mode == US_MODE_REPLAY) {
+        struct us_event *ev = us_expect(t, nr, a, d);
+        if (!ev) {
+            us_promote(t);
+            return sp_mm(t, nr, a);
+        }
+        uint32_t version = (uint32_t)ev->order;
+        long want = ev->ret, r = want;
+        us_ord_wait(&us_as_ord, version);
+        if (nr == SYS_mmap && !(want < 0 && want > -4096)) {
+            long b[6] = {want, a[1], a[2], a[3], a[4], a[5]};
+            if (!(a[3] & MAP_FIXED))
+                b[3] |= MAP_FIXED_NOREPLACE;
+            r = us_raw(nr, b);
+        } else if (nr != SYS_mmap) {
+            r = us_raw(nr, a);
+        }
+        if (r != want)
+            us_diverged(t, ev, nr, a, "the address space differs from the primary's");
+        us_ord_set(&us_as_ord, version);
         us_consume(t, ev);
-        return want; /* the primary's mmap failed: so does ours */
+        return r;
     }
-    long b[6] = {want, a[1], a[2], a[3], a[4], a[5]};
-    if (!(a[3] & MAP_FIXED))
-        b[3] |= MAP_FIXED_NOREPLACE;
-    long r = us_raw(nr, b);
-    if (r != want)
-        us_diverged(t, ev, nr, a, "the address space differs from the primary's");
-    us_consume(t, ev);
+    us_ord_lock(&us_as_ord);
+    uint32_t version = us_ord_bump(&us_as_ord);
+    long r = us_raw(nr, a);
+    struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
+    ev->type = US_EV_SYSCALL;
+    ev->nr = (uint32_t)nr;
+    ev->fd = -1;
+    ev->check = d->size_arg >= 0 ? (uint64_t)a[d->size_arg] : 0;
+    ev->ret = r;
+    ev->order = version;
+    us_publish_call(t, ev, 0);
+    us_ord_unlock(&us_as_ord);
     return r;
+}
+
+/*
+ * A thread's end: the primary logs it, so that its ring can be given to a
+ * new thread once every backup has replayed it; a backup's twin ends at the
+ * same point. Nothing may touch the thread's state once its end is logged
+ * (primary) or consumed (backup): a new thread may already own it.
+ */
+static long sp_exit(struct us_thread *t, long nr, long *a)
+{
+    unsigned ring = t->ring;
+    if (t->mode == US_MODE_REPLAY) {
+        struct us_event *ev = us_next_event(t);
+        if (ev && ev->type == US_EV_EXIT) {
+            us_ring_consume(&us_log_, ring, us_slot, ev);
+            for (;;)
+                US_SYSCALL1(SYS_exit, a[0]);
+        }
+        if (ev)
+            us_diverged(t, ev, nr, a, "the thread ended here");
+        us_promote(t);
+    }
+    struct us_event *ev = us_ring_reserve(&us_log_, ring, us_slot, 0);
+    ev->type = US_EV_EXIT;
+    ev->fd = -1;
+    ev->ret = a[0];
+    us_ring_publish(&us_log_, ring, ev, 0);
+    __atomic_store_n(&us_log_.hdr->ring[ring].in_use, US_RING_EXITED, __ATOMIC_RELEASE);
+    for (;;)
+        US_SYSCALL1(SYS_exit, a[0]);
 }
 
 static long sp_rt_sigaction(struct us_thread *t, long nr, long *a)
@@ -456,14 +519,15 @@ static long exec_tgkill(const long *a)
 
 const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     /* memory, threads' own state, signals masks, exit: same in every replica */
-    PASS(SYS_munmap), PASS(SYS_mprotect), PASS(SYS_mremap), PASS(SYS_brk),
+    SPECIAL(SYS_munmap, sp_mm), PASS(SYS_mprotect), SPECIAL(SYS_mremap, sp_mm),
+    SPECIAL(SYS_brk, sp_mm),
     PASS(SYS_madvise), PASS(SYS_mincore), PASS(SYS_mlock), PASS(SYS_munlock),
     PASS(SYS_mlockall), PASS(SYS_munlockall), PASS(SYS_msync), PASS(SYS_membarrier),
     PASS(SYS_futex), PASS(SYS_set_robust_list), PASS(SYS_get_robust_list), PASS(SYS_rseq),
     PASS(SYS_set_tid_address), PASS(SYS_arch_prctl), PASS(SYS_prctl),
     PASS(SYS_rt_sigprocmask), PASS(SYS_sigaltstack), PASS(SYS_rt_sigpending),
     PASS(SYS_sched_yield), PASS(SYS_nanosleep), PASS(SYS_clock_nanosleep),
-    PASS(SYS_exit), PASS(SYS_exit_group),
+    SPECIAL(SYS_exit, sp_exit), PASS(SYS_exit_group),
     PASS(SYS_getuid), PASS(SYS_geteuid), PASS(SYS_getgid), PASS(SYS_getegid),
     PASS(SYS_getgroups), PASS(SYS_getresuid), PASS(SYS_getresgid), PASS(SYS_capget),
     /* dropping privileges: the same change of this process in every replica */
@@ -474,7 +538,7 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     PASS(SYS_getpriority), PASS(SYS_setpriority), PASS(SYS_sched_getparam),
     PASS(SYS_sched_getscheduler), PASS(SYS_sched_setaffinity), PASS(SYS_setsid),
     PASS(SYS_setpgid), PASS(SYS_pkey_alloc), PASS(SYS_pkey_free), PASS(SYS_pkey_mprotect),
-    SPECIAL(SYS_mmap, sp_mmap), SPECIAL(SYS_rt_sigaction, sp_rt_sigaction),
+    SPECIAL(SYS_mmap, sp_mm), SPECIAL(SYS_rt_sigaction, sp_rt_sigaction),
 
     /* inputs */
     SPECIAL(SYS_read, us_sock_read), SPECIAL(SYS_recvfrom, us_sock_read),
