@@ -74,6 +74,10 @@ enum us_sync_op {
     US_SYNC_KEY = 11,        /* pthread_key_create / delete: aux = the key */
     US_SYNC_JOIN = 12,       /* pthread_tryjoin_np / timedjoin_np: ret */
     US_SYNC_BARRIER_PASSED = 13, /* ret = what pthread_barrier_wait returned */
+    US_SYNC_HEAP_PUT = 14,   /* malloc: a batch of freed blocks of size class
+                                aux into the shared depot (src/shim/alloc.c) */
+    US_SYNC_HEAP_TAKE = 15,  /* malloc: a batch taken from the depot of size
+                                class aux; ret = 1 if there was one */
 };
 
 /* Event flags. */
@@ -185,6 +189,10 @@ struct us_replica {
     int32_t keeper_pid;   /* primary only: process sharing its fd table */
     uint32_t attached;    /* shim constructor ran */
     uint64_t divergences;
+    uint64_t cpus[16];    /* the CPUs it runs on once attached (a cpu_set_t):
+                             applied by its shim, so that what the program
+                             sees before the shim attaches is the same in
+                             every replica */
 };
 
 struct us_log_header {

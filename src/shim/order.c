@@ -47,15 +47,17 @@ static inline int reached(uint32_t cur, uint32_t want)
 void us_ord_wait(struct us_ord *o, uint32_t version)
 {
     uint32_t want = version - 1;
+    /* On one CPU the thread we wait for cannot run while we spin. */
+    unsigned spin = us_ncpus > 1 ? 100 : 0;
     for (unsigned spins = 0;; spins++) {
         uint32_t cur = __atomic_load_n(&o->version, __ATOMIC_ACQUIRE);
         if (reached(cur, want))
             return;
-        if (spins < 100) {
+        if (spins < spin) {
             __builtin_ia32_pause();
             continue;
         }
-        if (spins < 200) {
+        if (spins < spin + 100) {
             US_SYSCALL0(SYS_sched_yield);
             continue;
         }

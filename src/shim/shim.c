@@ -25,6 +25,7 @@ unsigned us_slot;
 int us_ctl_fd = -1;
 int us_null_fd = -1;
 int us_active;
+int us_ncpus = 1;
 struct us_thread us_threads[US_MAX_THREADS];
 struct us_fd us_fds[US_MAX_FDS];
 __thread struct us_thread *us_self __attribute__((tls_model("initial-exec")));
@@ -109,6 +110,13 @@ __attribute__((constructor(101))) static void us_init(void)
     US_SYSCALL1(SYS_close, log_fd);
 
     us_slot = (unsigned)slot;
+    /* Our CPUs, taken only now: until here every replica ran alike. */
+    const uint64_t *cpus = us_log_.hdr->replica[us_slot].cpus;
+    if (US_SYSCALL3(SYS_sched_setaffinity, 0, sizeof(us_log_.hdr->replica[0].cpus), cpus) == 0) {
+        us_ncpus = 0;
+        for (unsigned i = 0; i < 16; i++)
+            us_ncpus += __builtin_popcountll(cpus[i]);
+    }
     us_ctl_fd = (int)ctl_fd;
     US_SYSCALL3(SYS_fcntl, ctl_fd, F_SETFD, FD_CLOEXEC); /* not for the program's children */
     us_fds[ctl_fd].kind = US_FD_SHIM;

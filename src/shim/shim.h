@@ -84,6 +84,7 @@ extern unsigned us_slot;             /* this replica's slot */
 extern int us_ctl_fd;                /* socket to the supervisor */
 extern int us_null_fd;               /* backup: source of placeholder fds */
 extern int us_active;                /* attached to a log */
+extern int us_ncpus;                 /* CPUs this replica may run on */
 extern struct us_thread us_threads[US_MAX_THREADS];
 extern struct us_fd us_fds[US_MAX_FDS];
 extern __thread struct us_thread *us_self __attribute__((tls_model("initial-exec")));
@@ -123,6 +124,17 @@ long us_rt_sigaction(int sig, const void *act, void *oldact, size_t sigsetsize);
 void us_signals_after_call(struct us_thread *t);
 uint64_t us_signals_take_pending(void);
 void us_signals_crash(int sig);
+
+/* sync.c: records of synchronisation (log_format.h, US_EV_SYNC). Primary:
+ * log operation `op` on object `id`; backup: the logged operation for this
+ * call, checked against op and call site, or NULL once promoted. */
+void us_sync_record(struct us_thread *t, int op, uint32_t id, const void *addr, uint32_t version,
+                    long ret, uintptr_t site);
+struct us_event *us_sync_expect(struct us_thread *t, int op, uintptr_t site);
+
+/* alloc.c: the program's malloc; its locks are held across a fork. */
+void us_alloc_fork_prepare(void);
+void us_alloc_fork_done(void);
 
 /* promote.c */
 void us_promote(struct us_thread *t);

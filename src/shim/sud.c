@@ -111,6 +111,7 @@ void us_fork_done(long r);
 void us_fork_done(long r)
 {
     struct us_thread *t = us_self;
+    us_alloc_fork_done();
     if (r == 0) {
         /* The child is not replicated: it leaves the log and runs natively
          * (e.g. Redis's BGSAVE child writing its snapshot). */
@@ -200,6 +201,7 @@ static void on_sigsys(int sig, siginfo_t *info, void *ucv)
                          "not supported yet");
             if (t->mode == US_MODE_RECORD) {
                 t->in_engine = 1; /* until us_fork_done */
+                us_alloc_fork_prepare();
                 g[REG_R9] = g[REG_RIP];
                 g[REG_RIP] = (greg_t)us_fork_stub;
                 g[REG_RAX] = SYS_clone;

@@ -196,8 +196,8 @@ static struct us_thread *tracked(void)
 
 /* ---- records ------------------------------------------------------------------ */
 
-static void record(struct us_thread *t, int op, uint32_t id, const void *addr, uint32_t version,
-                   long ret, uintptr_t site)
+void us_sync_record(struct us_thread *t, int op, uint32_t id, const void *addr, uint32_t version,
+                    long ret, uintptr_t site)
 {
     t->in_engine = 1;
     struct us_event *ev = us_ring_reserve(&us_log_, t->ring, us_slot, 0);
@@ -222,8 +222,9 @@ static const char *op_name(int op)
         [US_SYNC_BARRIER] = "a barrier wait", [US_SYNC_ONCE] = "a pthread_once",
         [US_SYNC_KEY] = "pthread_key_create/delete", [US_SYNC_JOIN] = "a try/timed join",
         [US_SYNC_BARRIER_PASSED] = "a barrier wait",
+        [US_SYNC_HEAP_PUT] = "malloc's depot", [US_SYNC_HEAP_TAKE] = "malloc's depot",
     };
-    return op > 0 && op <= US_SYNC_BARRIER_PASSED ? names[op] : "?";
+    return op > 0 && op <= US_SYNC_HEAP_TAKE ? names[op] : "?";
 }
 
 US_NORETURN static void sync_diverged(struct us_thread *t, const struct us_event *ev, int op,
@@ -234,8 +235,7 @@ US_NORETURN static void sync_diverged(struct us_thread *t, const struct us_event
     us_diverged_at(t, ev, what);
 }
 
-/* Backup: the logged operation for this call, checked; NULL once promoted. */
-static struct us_event *expect(struct us_thread *t, int op, uintptr_t site)
+struct us_event *us_sync_expect(struct us_thread *t, int op, uintptr_t site)
 {
     struct us_event *ev = us_next_event(t);
     if (!ev)
@@ -286,7 +286,7 @@ static int acquire(const struct acquire *q, uintptr_t site)
     if (!t)
         return q->attempt(q->obj, q->arg1, q->arg2);
     if (t->mode == US_MODE_REPLAY) {
-        struct us_event *ev = expect(t, q->op, site);
+        struct us_event *ev = us_sync_expect(t, q->op, site);
         if (ev) {
             uint32_t id = ev->nr, version = (uint32_t)ev->check;
             int ret = (int)ev->ret;
@@ -316,14 +316,14 @@ static int acquire(const struct acquire *q, uintptr_t site)
     uint32_t id = obj_id(q->obj);
     struct us_ord *o = &objs[id];
     if (r != 0) {
-        record(t, q->op, id, q->obj, 0, err, site);
+        us_sync_record(t, q->op, id, q->obj, 0, err, site);
         if (q->kind == A_SEM)
             errno = err;
         return r;
     }
     if (shared)
         us_ord_lock(o);
-    record(t, q->op, id, q->obj, us_ord_bump(o), 0, site);
+    us_sync_record(t, q->op, id, q->obj, us_ord_bump(o), 0, site);
     if (shared)
         us_ord_unlock(o);
     return r;
@@ -453,7 +453,7 @@ static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, int clk, const str
         goto native;
     if (t->mode == US_MODE_REPLAY) {
         real.mutex_unlock(m);
-        struct us_event *ev = expect(t, US_SYNC_COND_RELOCK, site);
+        struct us_event *ev = us_sync_expect(t, US_SYNC_COND_RELOCK, site);
         if (ev) {
             uint32_t id = ev->nr, version = (uint32_t)ev->check;
             int ret = (int)ev->ret;
@@ -475,7 +475,7 @@ static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, int clk, const str
         r = real.mutex_lock(m);
         if (r == 0) {
             uint32_t id = obj_id(m);
-            record(t, US_SYNC_COND_RELOCK, id, m, us_ord_bump(&objs[id]), 0, site);
+            us_sync_record(t, US_SYNC_COND_RELOCK, id, m, us_ord_bump(&objs[id]), 0, site);
         }
         return r;
     }
@@ -490,7 +490,7 @@ native:
         /* the mutex is held again unless the wait failed outright */
         uint32_t id = obj_id(m);
         int held = r == 0 || r == ETIMEDOUT || r == EOWNERDEAD;
-        record(t, US_SYNC_COND_RELOCK, id, m, held ? us_ord_bump(&objs[id]) : 0, r, site);
+        us_sync_record(t, US_SYNC_COND_RELOCK, id, m, held ? us_ord_bump(&objs[id]) : 0, r, site);
     }
     return r;
 }
@@ -520,7 +520,7 @@ US_EXPORT int sem_getvalue(sem_t *restrict s, int *restrict value)
     uintptr_t site = SITE;
     struct us_thread *t = tracked();
     if (t && t->mode == US_MODE_REPLAY) {
-        struct us_event *ev = expect(t, US_SYNC_SEM_VALUE, site);
+        struct us_event *ev = us_sync_expect(t, US_SYNC_SEM_VALUE, site);
         if (ev) {
             *value = (int)ev->ret;
             us_consume(t, ev);
@@ -530,7 +530,7 @@ US_EXPORT int sem_getvalue(sem_t *restrict s, int *restrict value)
     }
     int r = real.sem_getvalue(s, value);
     if (t && r == 0)
-        record(t, US_SYNC_SEM_VALUE, 0, s, 0, *value, site);
+        us_sync_record(t, US_SYNC_SEM_VALUE, 0, s, 0, *value, site);
     return r;
 }
 
@@ -546,27 +546,27 @@ US_EXPORT int pthread_barrier_wait(pthread_barrier_t *b)
     uintptr_t site = SITE;
     struct us_thread *t = tracked();
     if (t && t->mode == US_MODE_REPLAY) {
-        struct us_event *ev = expect(t, US_SYNC_BARRIER, site);
+        struct us_event *ev = us_sync_expect(t, US_SYNC_BARRIER, site);
         if (ev) {
             us_consume(t, ev);
             int r = real.barrier_wait(b);
-            ev = expect(t, US_SYNC_BARRIER_PASSED, site);
+            ev = us_sync_expect(t, US_SYNC_BARRIER_PASSED, site);
             if (ev) {
                 r = (int)ev->ret;
                 us_consume(t, ev);
                 return r;
             }
             us_promote(t);
-            record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
+            us_sync_record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
             return r;
         }
         us_promote(t);
     }
     if (t)
-        record(t, US_SYNC_BARRIER, 0, b, 0, 0, site);
+        us_sync_record(t, US_SYNC_BARRIER, 0, b, 0, 0, site);
     int r = real.barrier_wait(b);
     if (t)
-        record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
+        us_sync_record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
     return r;
 }
 
@@ -577,7 +577,7 @@ static int join_common(pthread_t th, void **retval, int kind, clockid_t clk,
 {
     struct us_thread *t = tracked();
     if (t && t->mode == US_MODE_REPLAY) {
-        struct us_event *ev = expect(t, US_SYNC_JOIN, site);
+        struct us_event *ev = us_sync_expect(t, US_SYNC_JOIN, site);
         if (ev) {
             int ret = (int)ev->ret;
             us_consume(t, ev);
@@ -589,7 +589,7 @@ static int join_common(pthread_t th, void **retval, int kind, clockid_t clk,
             : kind == 1 ? real.timedjoin(th, retval, abstime)
                         : real.clockjoin(th, retval, clk, abstime);
     if (t)
-        record(t, US_SYNC_JOIN, 0, (void *)th, 0, r, site);
+        us_sync_record(t, US_SYNC_JOIN, 0, (void *)th, 0, r, site);
     return r;
 }
 
@@ -661,7 +661,7 @@ static int once_common(pthread_once_t *o, void (*init)(void), uintptr_t site)
         us_ord_unlock(ord);
         return 0;
     }
-    record(t, US_SYNC_ONCE, id, o, us_ord_bump(ord), 0, site);
+    us_sync_record(t, US_SYNC_ONCE, id, o, us_ord_bump(ord), 0, site);
     int r = real.once(o, init);
     us_ord_unlock(ord);
     return r;
@@ -686,7 +686,7 @@ static int key_common(pthread_key_t *key, pthread_key_t del, void (*dtor)(void *
     if (!t)
         return key ? real.key_create(key, dtor) : real.key_delete(del);
     if (t->mode == US_MODE_REPLAY) {
-        struct us_event *ev = expect(t, US_SYNC_KEY, site);
+        struct us_event *ev = us_sync_expect(t, US_SYNC_KEY, site);
         if (ev) {
             us_ord_wait(o, (uint32_t)ev->check);
             int r = key ? real.key_create(key, dtor) : real.key_delete(del);
@@ -700,7 +700,7 @@ static int key_common(pthread_key_t *key, pthread_key_t del, void (*dtor)(void *
     }
     us_ord_lock(o);
     int r = key ? real.key_create(key, dtor) : real.key_delete(del);
-    record(t, US_SYNC_KEY, KEYS_ID, (void *)(uintptr_t)(key && r == 0 ? *key : del),
+    us_sync_record(t, US_SYNC_KEY, KEYS_ID, (void *)(uintptr_t)(key && r == 0 ? *key : del),
            us_ord_bump(o), r, site);
     us_ord_unlock(o);
     return r;

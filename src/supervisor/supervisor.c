@@ -85,6 +85,8 @@ static void spawn_replica(struct us_supervisor *s, int slot, int role)
     memset(r, 0, sizeof(*r));
     r->role = (uint32_t)role;
     r->state = US_REPLICA_STARTING;
+    _Static_assert(sizeof(r->cpus) == sizeof(cpu_set_t), "cpu mask size");
+    memcpy(r->cpus, &s->opt.cpus[slot], sizeof(r->cpus));
 
     int log_fd = 1021, ctl_fd = 1022;
     fd_numbers(&log_fd, &ctl_fd);
@@ -98,7 +100,6 @@ static void spawn_replica(struct us_supervisor *s, int slot, int role)
         /* No replica outlives its supervisor: without it there is no failover
          * and no one to stop them. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        sched_setaffinity(0, sizeof(cpu_set_t), &s->opt.cpus[slot]);
         personality(ADDR_NO_RANDOMIZE);
         signal(SIGPIPE, SIG_DFL);
         sigset_t none;
@@ -313,6 +314,20 @@ static void kill_keeper(struct us_proc *p)
     p->keeper_pidfd = -1;
 }
 
+/* Moves every thread of `pid` onto `set` (a promoted backup gets the CPUs
+ * the primary had). */
+static void pin_threads(pid_t pid, const cpu_set_t *set)
+{
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            sched_setaffinity(atoi(e->d_name), sizeof(*set), set);
+    if (d)
+        closedir(d);
+}
+
 int us_pick_backup(struct us_supervisor *s)
 {
     int best = -1;
@@ -374,6 +389,8 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
             continue;
         }
         kill_keeper(op);
+        s->opt.cpus[b] = s->opt.cpus[old];
+        pin_threads(s->rep[b].pid, &s->opt.cpus[b]);
         s->primary = b;
         s->log.hdr->primary_slot = (uint32_t)b;
         s->log.hdr->failovers++;
