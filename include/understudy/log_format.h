@@ -78,6 +78,8 @@ enum us_sync_op {
                                 aux into the shared depot (src/shim/alloc.c) */
     US_SYNC_HEAP_TAKE = 15,  /* malloc: a batch taken from the depot of size
                                 class aux; ret = 1 if there was one */
+    US_SYNC_STACK = 16,      /* pthread_create: the new thread's stack is pool
+                                slot aux; ret = 1 if newly mapped (threads.c) */
 };
 
 /* Event flags. */

@@ -130,6 +130,7 @@ __attribute__((constructor(101))) static void us_init(void)
     int primary = me->role == US_ROLE_PRIMARY;
     struct us_thread *t = &us_threads[0];
     t->ring = 0;
+    t->new_stack = -1;
     t->mode = primary ? US_MODE_RECORD : US_MODE_REPLAY;
     us_thread_attach(t);
     us_active = 1;

@@ -40,6 +40,7 @@ struct us_thread {
     int tid;               /* kernel tid in this replica */
     long (*start_fn)(void *); /* glibc's thread start, from the trapped clone3 */
     void *start_arg;
+    int new_stack;         /* pthread_create under way: its stack's pool slot, or -1 */
     struct {
         uint16_t type;
         uint32_t nr;
@@ -135,6 +136,10 @@ struct us_event *us_sync_expect(struct us_thread *t, int op, uintptr_t site);
 /* alloc.c: the program's malloc; its locks are held across a fork. */
 void us_alloc_fork_prepare(void);
 void us_alloc_fork_done(void);
+
+/* threads.c: pool stacks for new threads */
+void us_thread_cloning(struct us_thread *parent, int *child_tid);
+void us_thread_joined(unsigned long thread);
 
 /* promote.c */
 void us_promote(struct us_thread *t);

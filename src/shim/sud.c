@@ -103,6 +103,7 @@ static struct us_thread *prepare_thread(struct us_thread *t, long fn, long arg)
     c->mode = t->mode;
     c->start_fn = (long (*)(void *))fn;
     c->start_arg = (void *)arg;
+    c->new_stack = -1;
     return c;
 }
 
@@ -175,6 +176,7 @@ static void on_sigsys(int sig, siginfo_t *info, void *ucv)
                 us_fatal("clone3 without CLONE_THREAD (flags 0x%lx) is not supported",
                          (unsigned long)ca->flags);
             /* glibc's clone3 wrapper: the child calls rdx(r8). */
+            us_thread_cloning(t, (int *)(uintptr_t)ca->child_tid);
             struct us_thread *c = prepare_thread(t, g[REG_RDX], g[REG_R8]);
             g[REG_RDX] = (greg_t)thread_entry;
             g[REG_R8] = (greg_t)c;
@@ -188,6 +190,7 @@ static void on_sigsys(int sig, siginfo_t *info, void *ucv)
             if (flags & CLONE_THREAD) {
                 /* glibc's clone wrapper: fn and arg are on the child's stack. */
                 long *stack = (long *)g[REG_RSI];
+                us_thread_cloning(t, (int *)g[REG_R10]);
                 struct us_thread *c = prepare_thread(t, stack[0], stack[1]);
                 stack[0] = (long)thread_entry;
                 stack[1] = (long)c;

@@ -223,8 +223,9 @@ static const char *op_name(int op)
         [US_SYNC_KEY] = "pthread_key_create/delete", [US_SYNC_JOIN] = "a try/timed join",
         [US_SYNC_BARRIER_PASSED] = "a barrier wait",
         [US_SYNC_HEAP_PUT] = "malloc's depot", [US_SYNC_HEAP_TAKE] = "malloc's depot",
+        [US_SYNC_STACK] = "a thread's stack",
     };
-    return op > 0 && op <= US_SYNC_HEAP_TAKE ? names[op] : "?";
+    return op > 0 && op <= US_SYNC_STACK ? names[op] : "?";
 }
 
 US_NORETURN static void sync_diverged(struct us_thread *t, const struct us_event *ev, int op,
@@ -581,7 +582,9 @@ static int join_common(pthread_t th, void **retval, int kind, clockid_t clk,
         if (ev) {
             int ret = (int)ev->ret;
             us_consume(t, ev);
-            return ret == 0 ? real.join(th, retval) : ret;
+            if (ret == 0 && (ret = real.join(th, retval)) == 0)
+                us_thread_joined(th);
+            return ret;
         }
         us_promote(t);
     }
@@ -590,6 +593,8 @@ static int join_common(pthread_t th, void **retval, int kind, clockid_t clk,
                         : real.clockjoin(th, retval, clk, abstime);
     if (t)
         us_sync_record(t, US_SYNC_JOIN, 0, (void *)th, 0, r, site);
+    if (r == 0)
+        us_thread_joined(th);
     return r;
 }
 

@@ -536,7 +536,8 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     PASS(SYS_umask), PASS(SYS_chdir), PASS(SYS_fchdir), PASS(SYS_personality),
     PASS(SYS_getrlimit), PASS(SYS_setrlimit), PASS(SYS_prlimit64),
     PASS(SYS_getpriority), PASS(SYS_setpriority), PASS(SYS_sched_getparam),
-    PASS(SYS_sched_getscheduler), PASS(SYS_sched_setaffinity), PASS(SYS_setsid),
+    PASS(SYS_sched_getscheduler), PASS(SYS_sched_get_priority_min),
+    PASS(SYS_sched_get_priority_max), PASS(SYS_sched_setaffinity), PASS(SYS_setsid),
     PASS(SYS_setpgid), PASS(SYS_pkey_alloc), PASS(SYS_pkey_free), PASS(SYS_pkey_mprotect),
     SPECIAL(SYS_mmap, sp_mm), SPECIAL(SYS_rt_sigaction, sp_rt_sigaction),
 

@@ -145,6 +145,17 @@ uint64_t us_backup_lag(struct us_supervisor *s, int slot)
     return lag;
 }
 
+/* Events replayed so far by all live backups (to tell progress). */
+static uint64_t backups_replayed(struct us_supervisor *s)
+{
+    uint64_t n = 0;
+    for (int b = 0; b < s->opt.replicas; b++)
+        if (b != s->primary && s->rep[b].alive)
+            for (unsigned i = 0; i < US_MAX_THREADS; i++)
+                n += s->log.hdr->ring[i].consumer[b].seq;
+    return n;
+}
+
 /* Completes a socket read the dead primary had received into the log but
  * not yet published (see struct us_recv_slot), so its input is not lost. */
 static void complete_pending(struct us_supervisor *s)
@@ -626,22 +637,28 @@ int us_run(struct us_run_options *opt)
             us_control_serve(s);
         check_hang(s);
     }
-    /* A program that ended by itself: its backups replay to the same end;
-     * give them a moment, and say so if one ended differently. */
+    /* A program that ended by itself: its backups replay to the same end,
+     * for as long as they make progress; say so if one ended differently. */
+    uint64_t replayed = backups_replayed(s);
     for (long t0 = us_now_ms(); !s->shutting_down && us_now_ms() - t0 < 3000;) {
         int left = 0;
         for (int i = 0; i < opt->replicas; i++)
-            left += s->rep[i].alive;
+            left += s->rep[i].alive && i != s->primary;
         if (!left)
             break;
         reap(s);
         usleep(1000);
+        uint64_t now = backups_replayed(s);
+        if (now != replayed) {
+            replayed = now;
+            t0 = us_now_ms();
+        }
     }
     if (!s->shutting_down)
         for (int i = 0; i < opt->replicas; i++)
             if (s->rep[i].alive && i != s->primary)
-                us_say_sup(s, "backup pid %d had not finished replaying 3 s after the program "
-                              "ended (%lu events behind); stopped",
+                us_say_sup(s, "backup pid %d had not finished replaying when the program ended "
+                              "(%lu events behind, no progress for 3 s); stopped",
                            (int)s->rep[i].pid, (unsigned long)us_backup_lag(s, i));
     s->log.hdr->shutdown = 1;
     stop_all(s);
