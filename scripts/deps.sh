@@ -3,7 +3,7 @@
 # Sourced by scripts/demo.sh and scripts/test.sh; does nothing when all are present.
 us_install_deps() {
     local pkgs=(build-essential cmake pkg-config libcmocka-dev libxxhash-dev clang python3
-                redis-server redis-tools procps)
+                redis-server redis-tools memcached libmemcached-tools procps)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,7 +15,8 @@ us_install_deps() {
     $sudo apt-get update -qq >/dev/null &&
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
         { echo "understudy: could not install ${missing[*]}" >&2; return 1; }
-    # The package may start a redis-server on 6379; the tests and demo use their own ports.
+    # The packages may start a redis-server on 6379 and a memcached on 11211; the tests,
+    # demo and benchmarks use their own ports.
 }
 
 us_build() {

@@ -1,84 +1,122 @@
 /*
  * mt_bank.c - threads moving money between accounts under mutexes.
  *
- * 4 threads each make 20000 (or argv[1]) transfers between random accounts (each thread's
- * randomness seeded from getrandom), locking the two accounts' mutexes in
- * index order, and append every transfer to a shared history under a global
- * mutex; a condition variable tells the main thread when all are done. The
- * output is the final balances and a hash of the history in the order the
- * threads got the history lock: it depends on the schedule. Under understudy
- * the backup must reproduce it exactly (its output digest is compared with
- * the primary's), and the total must be invariant.
+ * Provokes: contended pthread_mutex_lock on many mutexes, nested (two
+ * account locks in index order, then the history lock), and a condition
+ * variable for completion.
+ *
+ * -t threads (default 4) make transfers between -n accounts (default 16,
+ * 1000 each) until -d ms (default 3000) have passed. Transfer i of thread t
+ * is drawn from t's own splitmix64 stream (seed in the header): from a, to
+ * b != a, amount; it is refused when a holds less than amount, so which
+ * transfers are refused depends on the order the threads got the locks.
+ * While still holding both account locks, the thread takes the history
+ * lock and prints the transfer with the balances after it:
+ *
+ *     x THREAD I FROM TO AMOUNT OK BAL_FROM BAL_TO
+ *
+ * so the journal is the history in lock order. At the end: one line per
+ * account with its balance and a hash of its own history (the journal
+ * positions of the transfers that touched it), then
+ *
+ *     end transfers N refused R total T
+ *
+ * Self-check (exit 2): the total is invariant, no balance is negative, the
+ * number of journal lines is the number of transfers. The driver replays
+ * the journal (test_mt_bank.py).
  */
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/random.h>
+#include "mt_common.h"
 
-#define ACCOUNTS 16
-#define THREADS 4
-static int transfers = 20000; /* argv[1] */
+#define MAX_ACCOUNTS 256
+#define MAX_THREADS 64
 
-static long balance[ACCOUNTS];
-static pthread_mutex_t account_lock[ACCOUNTS];
+static struct mt_opts opt = {.duration_ms = 3000, .threads = 4, .work = 20000, .extra = 16,
+                              .rest_us = 200};
+static long balance[MAX_ACCOUNTS];
+static uint64_t account_hash[MAX_ACCOUNTS];
+static pthread_mutex_t account_lock[MAX_ACCOUNTS];
 static pthread_mutex_t history_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t all_done = PTHREAD_COND_INITIALIZER;
-static uint64_t history_hash = 1469598103934665603ull;
+static uint64_t seeds[MAX_THREADS];
+static long history_len, refused;
 static int done_threads;
 
 static void *worker(void *arg)
 {
-    unsigned seed;
-    if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
-        abort();
-    seed ^= (unsigned)(uintptr_t)arg;
-    for (int i = 0; i < transfers; i++) {
-        int a = rand_r(&seed) % ACCOUNTS, b = rand_r(&seed) % ACCOUNTS;
-        if (a == b)
-            continue;
-        long amount = rand_r(&seed) % 100;
+    int t = (int)(intptr_t)arg;
+    uint64_t s = seeds[t];
+    int n = opt.extra;
+    for (long i = 0;; i++) {
+        if (i % 8 == 0 && mt_time_up())
+            break;
+        uint64_t r = mt_rand(&s);
+        int a = (int)(r % (uint64_t)n);
+        int b = (int)((r >> 16) % (uint64_t)(n - 1));
+        if (b >= a)
+            b++;
+        long amount = (long)((r >> 32) % 300);
         int lo = a < b ? a : b, hi = a < b ? b : a;
-        pthread_mutex_lock(&account_lock[lo]);
-        pthread_mutex_lock(&account_lock[hi]);
-        balance[a] -= amount;
-        balance[b] += amount;
-        pthread_mutex_unlock(&account_lock[hi]);
-        pthread_mutex_unlock(&account_lock[lo]);
-        pthread_mutex_lock(&history_lock);
-        history_hash = (history_hash ^ (uint64_t)(a * 131 + b * 7 + amount)) * 1099511628211ull;
-        pthread_mutex_unlock(&history_lock);
+        MT_CHECK(pthread_mutex_lock(&account_lock[lo]));
+        MT_CHECK(pthread_mutex_lock(&account_lock[hi]));
+        int ok = balance[a] >= amount;
+        if (ok) {
+            balance[a] -= amount;
+            balance[b] += amount;
+        }
+        MT_CHECK(pthread_mutex_lock(&history_lock));
+        long pos = history_len++;
+        refused += !ok;
+        account_hash[a] = mt_mix(account_hash[a], (uint64_t)pos);
+        account_hash[b] = mt_mix(account_hash[b], (uint64_t)pos);
+        printf("x %d %ld %d %d %ld %d %ld %ld\n", t, i, a, b, amount, ok, balance[a], balance[b]);
+        MT_CHECK(pthread_mutex_unlock(&history_lock));
+        MT_CHECK(pthread_mutex_unlock(&account_lock[hi]));
+        MT_CHECK(pthread_mutex_unlock(&account_lock[lo]));
+        mt_spin(opt.work);
+        mt_rest(&opt);
     }
-    pthread_mutex_lock(&history_lock);
+    MT_CHECK(pthread_mutex_lock(&history_lock));
     done_threads++;
-    pthread_cond_signal(&all_done);
-    pthread_mutex_unlock(&history_lock);
+    MT_CHECK(pthread_cond_signal(&all_done));
+    MT_CHECK(pthread_mutex_unlock(&history_lock));
     return NULL;
 }
 
 int main(int argc, char **argv)
 {
-    pthread_t t[THREADS];
-    if (argc > 1)
-        transfers = atoi(argv[1]);
-    for (int i = 0; i < ACCOUNTS; i++) {
+    mt_parse(argc, argv, &opt, "-n ACCOUNTS (2..256, default 16)");
+    if (opt.threads < 1 || opt.threads > MAX_THREADS || opt.extra < 2 || opt.extra > MAX_ACCOUNTS)
+        mt_usage(argv[0], "-t at most 64, -n 2..256");
+    pthread_t th[MAX_THREADS];
+    printf("mt_bank threads %d accounts %d initial 1000\n", opt.threads, opt.extra);
+    for (int i = 0; i < opt.extra; i++) {
         balance[i] = 1000;
-        pthread_mutex_init(&account_lock[i], NULL);
+        account_hash[i] = MT_FNV_INIT;
+        MT_CHECK(pthread_mutex_init(&account_lock[i], NULL));
     }
-    for (long i = 0; i < THREADS; i++)
-        if (pthread_create(&t[i], NULL, worker, (void *)i) != 0)
-            return 1;
-    pthread_mutex_lock(&history_lock);
-    while (done_threads < THREADS)
-        pthread_cond_wait(&all_done, &history_lock);
-    pthread_mutex_unlock(&history_lock);
+    for (int t = 0; t < opt.threads; t++) {
+        seeds[t] = mt_seed();
+        printf("seed %d %016llx\n", t, (unsigned long long)seeds[t]);
+    }
+    mt_header_done();
+    mt_start_clock(opt.duration_ms);
+    for (int t = 0; t < opt.threads; t++)
+        MT_CHECK(pthread_create(&th[t], NULL, worker, (void *)(intptr_t)t));
+    MT_CHECK(pthread_mutex_lock(&history_lock));
+    while (done_threads < opt.threads)
+        MT_CHECK(pthread_cond_wait(&all_done, &history_lock));
+    MT_CHECK(pthread_mutex_unlock(&history_lock));
+    for (int t = 0; t < opt.threads; t++)
+        MT_CHECK(pthread_join(th[t], NULL));
     long total = 0;
-    for (int i = 0; i < ACCOUNTS; i++) {
-        printf("account %2d: %ld\n", i, balance[i]);
+    for (int i = 0; i < opt.extra; i++) {
+        printf("account %d %ld %016llx\n", i, balance[i], (unsigned long long)account_hash[i]);
         total += balance[i];
+        if (balance[i] < 0)
+            mt_broken("account %d is negative: %ld", i, balance[i]);
     }
-    printf("total %ld\nhistory %016llx\n", total, (unsigned long long)history_hash);
-    for (int i = 0; i < THREADS; i++)
-        pthread_join(t[i], NULL);
-    return total == ACCOUNTS * 1000 ? 0 : 2;
+    printf("end transfers %ld refused %ld total %ld\n", history_len, refused, total);
+    if (total != 1000L * opt.extra)
+        mt_broken("total is %ld, expected %ld", total, 1000L * opt.extra);
+    return 0;
 }

@@ -151,6 +151,14 @@ def cleanup_all():
 atexit.register(cleanup_all)
 
 
+def register_for_cleanup(server):
+    """Have cleanup_all() (atexit, signals, the watchdog) tear `server` down
+    too; for Server objects started by other means than Server.start()."""
+    with _registry_lock:
+        if server not in _registry:
+            _registry.append(server)
+
+
 def _on_fatal_signal(signum, _frame):
     # Turn the signal into an exception in the main thread so that finally
     # blocks run; a second signal while cleaning up is ignored.
@@ -682,8 +690,8 @@ def parse_args(app, argv=None):
     p.add_argument("--server", default=None,
                    help="server binary (default: build/tests/apps/%s)" % app.server_binary)
     p.add_argument("--clients", type=int, default=6, help="concurrent clients")
-    p.add_argument("--requests", type=int, default=3000,
-                   help="requests in total over all clients")
+    p.add_argument("--requests", type=int, default=getattr(app, "default_requests", 3000),
+                   help="requests in total over all clients (default %(default)s)")
     p.add_argument("--window", type=int, default=8,
                    help="max requests pipelined per batch")
     p.add_argument("--timeout", type=float, default=100.0,

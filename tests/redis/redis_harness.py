@@ -1,4 +1,5 @@
-"""Shared helpers for the redis failover test and bench/redis.
+"""Shared helpers for the redis failover test and bench/redis (and, through
+the Server hooks below, tests/memcached and bench/memcached).
 
 Python 3 standard library only.  Provides:
   * Resp          - a tiny blocking RESP2 client (no redis-py)
@@ -417,6 +418,16 @@ class StartError(Exception):
 
 
 class Server:
+    # Hooks for another server program (tests/memcached/memcached_harness.py
+    # subclasses this): its argv (server_argv), its readiness probe (probe),
+    # the words the probe's messages use, the prefix of the work directory,
+    # and the word a primary's command line must contain to be killable when
+    # it is not a descendant of `understudy run`.
+    program = "redis"
+    dir_prefix = "us-redis-"
+    probe_request = "PING"
+    probe_reply = "PONG"
+
     def __init__(self, tracker, native=True, understudy=None, replicas=2,
                  io_threads=False, run_args=(), label="server", workdir=None):
         self.tracker = tracker
@@ -429,7 +440,7 @@ class Server:
         self.own_dir = workdir is None
         if workdir is None:
             base = "/tmp" if len(tempfile.gettempdir()) > 40 else None
-            workdir = tempfile.mkdtemp(prefix="us-redis-", dir=base)
+            workdir = tempfile.mkdtemp(prefix=self.dir_prefix, dir=base)
         self.dir = workdir
         if self.own_dir:
             tracker.add_dir(workdir)
@@ -455,12 +466,30 @@ class Server:
             a += ["--io-threads", "2", "--io-threads-do-reads", "yes"]
         return a
 
+    def server_argv(self):
+        """The server's own argv (program first); redis-server by default."""
+        return self.redis_argv()
+
+    def probe(self):
+        """True once the server answers on self.port (PING -> PONG).  May raise
+        ConnLost, RespError or OSError while it does not yet."""
+        c = Resp(self.port, timeout=2.0)
+        try:
+            return c.call("PING") == "PONG"
+        finally:
+            c.close()
+
+    def start_check(self):
+        """Called while start() waits for the backups: a string if the start
+        can no longer succeed (fail at once), else None.  None by default."""
+        return None
+
     def argv(self):
         if self.native:
-            return self.redis_argv()
+            return self.server_argv()
         return ([self.us, "run", "--replicas", str(self.replicas),
                  "--control", self.ctl] + self.run_args + ["--"]
-                + self.redis_argv())
+                + self.server_argv())
 
     def start(self, timeout=30.0):
         last = None
@@ -489,24 +518,21 @@ class Server:
             logf.close()
         t0 = mono()
         end = t0 + timeout
-        # 1. PING answered
+        # 1. PING answered (or the subclass's probe)
         while True:
             if self.proc.poll() is not None:
-                raise StartError("%s exited with status %s before answering PING;"
+                raise StartError("%s exited with status %s before answering %s;"
                                  " log tail:\n%s" % (self.label, self.proc.returncode,
-                                                     tail(self.logpath)))
+                                                     self.probe_request, tail(self.logpath)))
             try:
-                c = Resp(self.port, timeout=2.0)
-                try:
-                    if c.call("PING") == "PONG":
-                        break
-                finally:
-                    c.close()
+                if self.probe():
+                    break
             except (ConnLost, RespError, OSError):
                 pass
             if mono() > end:
-                raise StartError("%s: no PONG on port %d within %.0fs; log tail:\n%s"
-                                 % (self.label, self.port, timeout, tail(self.logpath)))
+                raise StartError("%s: no %s on port %d within %.0fs; log tail:\n%s"
+                                 % (self.label, self.probe_reply, self.port, timeout,
+                                    tail(self.logpath)))
             time.sleep(0.02)
         t_ping = mono() - t0
         if self.native:
@@ -529,15 +555,19 @@ class Server:
                 why = "backups not all running: %s" % json.dumps(b)
             except Exception as e:
                 why = str(e)
+            fatal = self.start_check()
+            if fatal:
+                raise StartError("understudy: %s during start-up (last status: %s); log tail:\n%s"
+                                 % (fatal, why, tail(self.logpath)))
             if mono() > end:
                 raise StartError("understudy: status never showed %d running backup(s)"
                                  " within %.0fs (last: %s); log tail:\n%s"
                                  % (self.replicas - 1, timeout, why, tail(self.logpath)))
             time.sleep(0.05)
         self.snapshot_tree()
-        log("%s: ready on port %d: PONG after %.2fs, %d running backup(s) after %.2fs;"
-            " primary pid %d" % (self.label, self.port, t_ping, self.replicas - 1,
-                                 mono() - t0, st["primary"]["pid"]))
+        log("%s: ready on port %d: %s after %.2fs, %d running backup(s) after %.2fs;"
+            " primary pid %d" % (self.label, self.port, self.probe_reply, t_ping,
+                                 self.replicas - 1, mono() - t0, st["primary"]["pid"]))
 
     # ---- status ----------------------------------------------------------
     def status(self, timeout=5.0):
@@ -589,10 +619,10 @@ class Server:
         if not proc_alive(pid):
             raise RuntimeError("primary pid %d from status is not a live process" % pid)
         root = self.proc.pid
-        if pid != root and not is_descendant(pid, root) and "redis" not in proc_cmdline(pid):
+        if pid != root and not is_descendant(pid, root) and self.program not in proc_cmdline(pid):
             raise RuntimeError("primary pid %d (%r) is neither a descendant of pid %d nor a"
-                               " redis process; refusing to kill it"
-                               % (pid, proc_cmdline(pid), root))
+                               " %s process; refusing to kill it"
+                               % (pid, proc_cmdline(pid), root, self.program))
 
     def kill_primary(self, pid=None, mark=None):
         """SIGKILL the primary.  Returns (pid, monotonic time of the kill).
