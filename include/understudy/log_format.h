@@ -147,6 +147,8 @@ struct us_recv_slot {
 };
 _Static_assert(sizeof(struct us_recv_slot) == 208, "us_recv_slot layout");
 
+#define US_STAMPS 8
+
 /* Whether a ring has a producer (struct us_ring_ctl.in_use). */
 enum us_ring_use {
     US_RING_FREE = 0,
@@ -180,6 +182,12 @@ struct us_ring_ctl {
     _Alignas(US_CACHELINE) uint64_t pending; /* offset (in bytes, like head) of
                                                 a reserved record, or US_NO_PENDING */
     struct us_ring_consumer consumer[US_MAX_REPLICAS];
+    /* Producer's time stamps: event US_STAMPS[i].seq was published at
+     * CLOCK_MONOTONIC ns; they tell how far behind in time a consumer is
+     * (the time bound of back-pressure, and status). */
+    _Alignas(US_CACHELINE) uint64_t stamp_seq[US_STAMPS];
+    uint64_t stamp_ns[US_STAMPS];
+    uint32_t stamp_next;
 };
 #define US_NO_PENDING UINT64_MAX
 
@@ -204,6 +212,8 @@ struct us_log_header {
     uint64_t total_size;
     uint64_t ring_size;     /* bytes per ring, power of two */
     uint64_t max_lag_events;/* back-pressure bound per ring */
+    uint64_t max_lag_ns;    /* ...and in time: how long ago the oldest event a
+                               backup has not replayed was published (0: none) */
     uint32_t nreplicas;
     uint32_t primary_slot;  /* replica slot that currently records */
     uint32_t epoch;         /* bumped at every promotion */

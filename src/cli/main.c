@@ -14,7 +14,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: understudy run [--replicas N] [--cpus LIST] [--hang-timeout MS]\n"
-            "                      [--max-lag EVENTS] [--control PATH] [--quiet] -- PROGRAM [ARGS...]\n"
+            "                      [--max-lag EVENTS] [--max-lag-ms MS] [--control PATH] [--quiet]\n"
+            "                      -- PROGRAM [ARGS...]\n"
             "       understudy status [--json] [--control PATH]\n"
             "       understudy failover [--control PATH]\n"
             "       understudy inject [--control PATH] --replica primary|backup|SLOT\n"
@@ -129,6 +130,7 @@ static int cmd_run(int argc, char **argv)
     o.replicas = 2;
     o.hang_timeout_ms = 1000;
     o.max_lag_events = 100000;
+    o.max_lag_ms = 100;
     o.ring_size = 16u << 20;
     const char *cpus = NULL;
     int i;
@@ -150,6 +152,10 @@ static int cmd_run(int argc, char **argv)
             if (parse_long(a, argv[++i], 1, 1000000000, &v) < 0)
                 return 2;
             o.max_lag_events = (uint64_t)v;
+        } else if (strcmp(a, "--max-lag-ms") == 0) {
+            if (parse_long(a, argv[++i], 0, 3600000, &v) < 0)
+                return 2;
+            o.max_lag_ms = (uint64_t)v;
         } else if (strcmp(a, "--cpus") == 0) {
             if (!(cpus = argv[++i])) {
                 fprintf(stderr, "understudy: --cpus needs a list such as 0/1\n");

@@ -19,6 +19,8 @@
 #define CONSUMER_NAP_MIN_NS 200000L  /* then naps, 200 us at first... */
 #define CONSUMER_NAP_MAX_NS 2000000L /* ...up to 2 ms while the log stays idle */
 
+#define US_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
 static inline void cpu_relax(void) { __builtin_ia32_pause(); }
 
 static void futex_wait(uint32_t *word, uint32_t val, long timeout_ns)
@@ -88,6 +90,74 @@ int us_ring_consumed(const struct us_log *log, unsigned ring, unsigned self)
     return 1;
 }
 
+uint64_t us_monotonic_ns(void)
+{
+    struct timespec ts;
+    US_SYSCALL2(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The stamp of the first event after `seq`: that event, not yet consumed,
+ * was published no later than then. */
+static uint64_t lag_since(const struct us_ring_ctl *c, uint64_t seq, uint64_t now)
+{
+    uint64_t first = UINT64_MAX, at = 0;
+    for (unsigned i = 0; i < US_STAMPS; i++) {
+        uint64_t s = __atomic_load_n(&c->stamp_seq[i], __ATOMIC_ACQUIRE);
+        if (s > seq && s < first) {
+            first = s;
+            at = __atomic_load_n(&c->stamp_ns[i], __ATOMIC_RELAXED);
+        }
+    }
+    return first == UINT64_MAX || at > now ? 0 : now - at;
+}
+
+uint64_t us_ring_lag_ns(const struct us_log *log, unsigned ring, unsigned slot, uint64_t now_ns)
+{
+    const struct us_ring_ctl *c = &log->hdr->ring[ring];
+    return lag_since(c, __atomic_load_n(&c->consumer[slot].seq, __ATOMIC_ACQUIRE), now_ns);
+}
+
+/*
+ * The time bound of back-pressure. Every 64 events the producer reads the
+ * clock; it stamps its position often enough that its stamps span more than
+ * max_lag_ns, and waits while the slowest live consumer has not consumed an
+ * event published more than max_lag_ns ago: what a backup must replay before
+ * it can take over, and so the failover time, stays bounded.
+ */
+static void time_bound(struct us_log *log, unsigned ring, unsigned self)
+{
+    struct us_log_header *h = log->hdr;
+    struct us_ring_ctl *c = &h->ring[ring];
+    uint64_t now = us_monotonic_ns();
+    unsigned last = (c->stamp_next + US_STAMPS - 1) % US_STAMPS;
+    if (now - c->stamp_ns[last] >= h->max_lag_ns / (US_STAMPS - 2)) {
+        unsigned i = c->stamp_next % US_STAMPS;
+        __atomic_store_n(&c->stamp_seq[i], UINT64_MAX, __ATOMIC_RELEASE);
+        __atomic_store_n(&c->stamp_ns[i], now, __ATOMIC_RELEASE);
+        __atomic_store_n(&c->stamp_seq[i], c->head_seq, __ATOMIC_RELEASE);
+        c->stamp_next = (i + 1) % US_STAMPS;
+    }
+    for (unsigned waits = 0;; waits++) {
+        uint64_t worst = 0;
+        for (unsigned s = 0; s < h->nreplicas; s++) {
+            if (s == self || !consumer_live(h, s))
+                continue;
+            uint64_t lag = lag_since(c, __atomic_load_n(&c->consumer[s].seq, __ATOMIC_ACQUIRE), now);
+            if (lag > worst)
+                worst = lag;
+        }
+        if (worst <= h->max_lag_ns)
+            return;
+        /* The slowest backup is more than max_lag_ns behind: let it catch up. */
+        uint32_t v = __atomic_load_n(&c->tail_futex, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&c->producer_waiting, 1, __ATOMIC_SEQ_CST);
+        futex_wait(&c->tail_futex, v, 200000);
+        __atomic_store_n(&c->producer_waiting, 0, __ATOMIC_RELAXED);
+        now = us_monotonic_ns();
+    }
+}
+
 /* Refreshes the producer's copy of the slowest live consumer's position and
  * says whether `need` bytes fit and no consumer lags too far. */
 static int room_now(struct us_log *log, unsigned ring, unsigned self, uint64_t need)
@@ -145,6 +215,8 @@ struct us_event *us_ring_reserve(struct us_log *log, unsigned ring, unsigned sel
     struct us_log_header *h = log->hdr;
     struct us_ring_ctl *c = &h->ring[ring];
     uint64_t need = sizeof(struct us_event) + us_align8(payload_max);
+    if (US_UNLIKELY((c->head_seq & 63) == 0) && h->max_lag_ns)
+        time_bound(log, ring, self);
     uint64_t room_to_end = h->ring_size - (c->head & (h->ring_size - 1));
     if (room_to_end < need) {
         /* The record may not straddle the end: pad the tail, start over at 0. */

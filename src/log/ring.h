@@ -75,6 +75,12 @@ int us_event_check(const struct us_log *log, unsigned ring, uint64_t pos, uint64
 /* Checks that a framed record's payload (recv slot, blobs) lies inside it. */
 int us_event_payload_check(const struct us_event *ev);
 
+/* How long ago (ns) the oldest event of `ring` that consumer `slot` has not
+ * consumed was published, to the precision of the producer's stamps; 0 when
+ * it has consumed everything up to the last stamp. */
+uint64_t us_ring_lag_ns(const struct us_log *log, unsigned ring, unsigned slot, uint64_t now_ns);
+uint64_t us_monotonic_ns(void);
+
 /* Every live consumer (other than `self`) has read `ring` to its head. */
 int us_ring_consumed(const struct us_log *log, unsigned ring, unsigned self);
 

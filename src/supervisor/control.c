@@ -104,20 +104,23 @@ static size_t status_json(struct us_supervisor *s, char *out, size_t cap)
 {
     struct us_log_header *h = s->log.hdr;
     size_t n = (size_t)snprintf(out, cap,
-        "{\"mode\":\"record\",\"replicas\":%d,\"max_lag_events\":%lu,\"failovers\":%u,"
-        "\"last_failover_ms\":%ld,\"primary\":{\"slot\":%d,\"pid\":%d,\"keeper_pid\":%d},"
-        "\"backups\":[",
-        s->opt.replicas, (unsigned long)h->max_lag_events, h->failovers, s->last_failover_ms,
+        "{\"mode\":\"record\",\"replicas\":%d,\"max_lag_events\":%lu,\"max_lag_ms\":%lu,"
+        "\"failovers\":%u,\"last_failover_ms\":%ld,"
+        "\"primary\":{\"slot\":%d,\"pid\":%d,\"keeper_pid\":%d},\"backups\":[",
+        s->opt.replicas, (unsigned long)h->max_lag_events, (unsigned long)s->opt.max_lag_ms,
+        h->failovers, s->last_failover_ms,
         s->primary, (int)s->rep[s->primary].pid, (int)s->rep[s->primary].keeper);
     int first = 1;
     for (int i = 0; i < s->opt.replicas && n < cap; i++) {
         if (i == s->primary || !s->rep[i].alive)
             continue;
         n += (size_t)snprintf(out + n, cap - n,
-                              "%s{\"slot\":%d,\"pid\":%d,\"state\":\"%s\",\"lag_events\":%lu}",
+                              "%s{\"slot\":%d,\"pid\":%d,\"state\":\"%s\",\"lag_events\":%lu,"
+                              "\"lag_ms\":%lu}",
                               first ? "" : ",", i, (int)s->rep[i].pid,
                               state_name(h->replica[i].state),
-                              (unsigned long)us_backup_lag(s, i));
+                              (unsigned long)us_backup_lag(s, i),
+                              (unsigned long)us_backup_lag_ms(s, i));
         first = 0;
     }
     if (n < cap)
@@ -135,9 +138,10 @@ static size_t status_text(struct us_supervisor *s, char *out, size_t cap)
     for (int i = 0; i < s->opt.replicas && n < cap; i++) {
         if (i == s->primary || !s->rep[i].alive)
             continue;
-        n += (size_t)snprintf(out + n, cap - n, "%spid %d (slot %d, %s, %lu events behind)",
+        n += (size_t)snprintf(out + n, cap - n, "%spid %d (slot %d, %s, %lu events / %lu ms behind)",
                               nb ? ", " : "", (int)s->rep[i].pid, i,
-                              state_name(h->replica[i].state), (unsigned long)us_backup_lag(s, i));
+                              state_name(h->replica[i].state), (unsigned long)us_backup_lag(s, i),
+                              (unsigned long)us_backup_lag_ms(s, i));
         nb++;
     }
     if (n < cap)

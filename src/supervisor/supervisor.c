@@ -145,6 +145,17 @@ uint64_t us_backup_lag(struct us_supervisor *s, int slot)
     return lag;
 }
 
+uint64_t us_backup_lag_ms(struct us_supervisor *s, int slot)
+{
+    uint64_t worst = 0, now = us_monotonic_ns();
+    for (unsigned i = 0; i < US_MAX_THREADS; i++) {
+        uint64_t lag = us_ring_lag_ns(&s->log, i, (unsigned)slot, now);
+        if (s->log.hdr->ring[i].in_use && lag > worst)
+            worst = lag;
+    }
+    return worst / 1000000;
+}
+
 /* Events replayed so far by all live backups (to tell progress). */
 static uint64_t backups_replayed(struct us_supervisor *s)
 {
@@ -579,6 +590,7 @@ int us_run(struct us_run_options *opt)
     s->log.hdr = p;
     s->log.size = total;
     us_log_format(&s->log, opt->ring_size, (uint32_t)opt->replicas, opt->max_lag_events);
+    s->log.hdr->max_lag_ns = opt->max_lag_ms * 1000000ull;
     s->log.hdr->supervisor_pid = (int32_t)getpid();
 
     prctl(PR_SET_CHILD_SUBREAPER, 1);

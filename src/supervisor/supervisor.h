@@ -17,6 +17,7 @@ struct us_run_options {
     int cpus_given;
     int hang_timeout_ms;
     uint64_t max_lag_events;
+    uint64_t max_lag_ms;  /* 0: no time bound */
     uint64_t ring_size;
     const char *control_path;
     int quiet;
@@ -72,5 +73,7 @@ int us_pick_backup(struct us_supervisor *s);
 void us_say_sup(struct us_supervisor *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long us_now_ms(void);
 uint64_t us_backup_lag(struct us_supervisor *s, int slot);
+/* How far behind in time (ms) a backup is. */
+uint64_t us_backup_lag_ms(struct us_supervisor *s, int slot);
 
 #endif
