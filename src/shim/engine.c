@@ -494,10 +494,20 @@ static void say_recent(const struct us_thread *t)
     }
 }
 
+/* What a divergence in a program with threads usually means. */
+static void say_thread_hint(void)
+{
+    if (__atomic_load_n(&us_log_.hdr->nthreads, __ATOMIC_RELAXED) > 0)
+        us_say("the program has threads: they probably synchronise through something understudy "
+               "does not see (atomic variables, a spin loop, a variable written without a lock), "
+               "whose outcome depends on timing; README, 'What is replicated'");
+}
+
 US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what)
 {
     char logged[160] = "nothing";
     say_recent(t);
+    say_thread_hint();
     if (ev)
         describe(logged, sizeof(logged), ev->type, ev->nr, ev->fd, ev->ret, ev->check);
     us_fatal("divergence on thread %u at event %lu: the program made %s, but the primary's log "
@@ -509,6 +519,7 @@ US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, lon
                              const long *a, const char *why)
 {
     say_recent(t);
+    say_thread_hint();
     if (ev && ev->type == US_EV_SYSCALL)
         us_fatal("divergence on thread %u at event %lu: the program called %s(%ld, ..., %ld) "
                  "but the primary's log has %s(%d, ..., %lu) (%s)",
