@@ -38,6 +38,9 @@ enum us_replica_state {
     US_REPLICA_LIVE = 4,     /* promoted: now the primary */
     US_REPLICA_DEAD = 5,
     US_REPLICA_RETIRED = 6,  /* diverged or failed: never promoted */
+    US_REPLICA_DIVERGED = 7, /* found the primary's log disagreeing with it, and
+                                waits for the majority vote (3+ replicas):
+                                diverged_ring/seq/sig say where and how */
 };
 
 /* Event types (struct us_event.type). */
@@ -199,6 +202,10 @@ struct us_replica {
     int32_t keeper_pid;   /* primary only: process sharing its fd table */
     uint32_t attached;    /* shim constructor ran */
     uint64_t divergences;
+    uint32_t diverged;      /* DIVERGED: the fields below are set */
+    uint32_t diverged_ring; /* the thread (ring) ... */
+    uint64_t diverged_seq;  /* ...and event where it found the log otherwise */
+    uint64_t diverged_sig;  /* a hash of what it would have done instead */
     uint64_t cpus[16];    /* the CPUs it runs on once attached (a cpu_set_t):
                              applied by its shim, so that what the program
                              sees before the shim attaches is the same in

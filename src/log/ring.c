@@ -73,9 +73,11 @@ static int consumer_live(const struct us_log_header *h, unsigned s)
 {
     uint32_t role = __atomic_load_n(&h->replica[s].role, __ATOMIC_ACQUIRE);
     uint32_t state = __atomic_load_n(&h->replica[s].state, __ATOMIC_ACQUIRE);
+    /* a diverged backup waiting for the vote may yet take over: the primary
+     * may not overwrite what it has to replay */
     return role == US_ROLE_BACKUP &&
            (state == US_REPLICA_STARTING || state == US_REPLICA_RUNNING ||
-            state == US_REPLICA_PROMOTING);
+            state == US_REPLICA_PROMOTING || state == US_REPLICA_DIVERGED);
 }
 
 int us_ring_consumed(const struct us_log *log, unsigned ring, unsigned self)

@@ -503,33 +503,130 @@ static void say_thread_hint(void)
                "whose outcome depends on timing; README, 'What is replicated'");
 }
 
-US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what)
+/* The one line that says what diverged. */
+static void divergence_text(char *buf, size_t cap, const struct us_thread *t,
+                            const struct us_event *ev, long nr, const long *a, const char *what,
+                            const char *why)
 {
     char logged[160] = "nothing";
-    say_recent(t);
-    say_thread_hint();
     if (ev)
         describe(logged, sizeof(logged), ev->type, ev->nr, ev->fd, ev->ret, ev->check);
-    us_fatal("divergence on thread %u at event %lu: the program made %s, but the primary's log "
-             "has %s",
-             t->ring, ev ? (unsigned long)ev->seq : 0ul, what, logged);
+    if (what)
+        us_fmt(buf, cap, "divergence on thread %u at event %lu: the program made %s, but the "
+                         "primary's log has %s",
+               t->ring, ev ? (unsigned long)ev->seq : 0ul, what, logged);
+    else if (ev && ev->type == US_EV_SYSCALL)
+        us_fmt(buf, cap, "divergence on thread %u at event %lu: the program called %s(%ld, ..., "
+                         "%ld) but the primary's log has %s(%d, ..., %lu) (%s)",
+               t->ring, (unsigned long)ev->seq, us_sysname(nr), a[0], a[2], us_sysname(ev->nr),
+               ev->fd, (unsigned long)ev->check, why);
+    else
+        us_fmt(buf, cap, "divergence on thread %u at event %lu: the program called %s but the "
+                         "log has %s (%s)",
+               t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), logged, why);
+}
+
+US_NORETURN static void retire(const char *text)
+{
+    us_fatal("%s", text);
+}
+
+/*
+ * Majority vote (three replicas or more): a backup that diverges does not
+ * retire at once. It says where (thread, event) and what it would have done
+ * (sig), and waits for the supervisor, which compares it with the other
+ * backups: if they diverged at the same event in the same way, the primary is
+ * the faulty one, and this replica takes over (the promote flag); if another
+ * backup went past that event as the primary did, this one is retired.
+ * Once this replica takes over, the dead primary's records after the point
+ * are its own: output bytes that differ are the faulty primary's (already
+ * sent) and replay goes on; a call that differs ends the thread's replay.
+ */
+static int outvoted_primary; /* this replica won a vote against the primary */
+
+static void end_replay_here(const struct us_thread *t)
+{
+    struct us_ring_ctl *c = &us_log_.hdr->ring[t->ring];
+    struct us_ring_consumer *me = &c->consumer[us_slot];
+    me->seen_head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&me->seq, __atomic_load_n(&c->head_seq, __ATOMIC_ACQUIRE), __ATOMIC_RELEASE);
+    __atomic_store_n(&me->tail, me->seen_head, __ATOMIC_RELEASE);
+}
+
+int us_vote(struct us_thread *t, const struct us_event *ev, uint64_t sig, int output_only,
+            const char *text)
+{
+    struct us_log_header *h = us_log_.hdr;
+    struct us_replica *me = &h->replica[us_slot];
+    if (!__atomic_load_n(&outvoted_primary, __ATOMIC_ACQUIRE)) {
+        say_recent(t);
+        say_thread_hint();
+        if (h->nreplicas < 3 || !ev)
+            retire(text);
+        us_say("%s", text);
+        uint32_t zero = 0;
+        if (__atomic_compare_exchange_n(&me->diverged, &zero, 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            me->diverged_ring = t->ring;
+            me->diverged_seq = ev->seq;
+            me->diverged_sig = sig;
+            __atomic_store_n(&me->state, US_REPLICA_DIVERGED, __ATOMIC_RELEASE);
+            us_say("waiting for the other replicas: which of us diverged?");
+        }
+        while (!__atomic_load_n(&me->promote, __ATOMIC_ACQUIRE)) {
+            if (__atomic_load_n(&me->state, __ATOMIC_ACQUIRE) == US_REPLICA_RETIRED)
+                retire("outvoted: the primary and another backup agree");
+            struct timespec ts = {0, 1000000};
+            US_SYSCALL2(SYS_nanosleep, &ts, 0);
+        }
+        __atomic_store_n(&outvoted_primary, 1, __ATOMIC_RELEASE);
+    }
+    if (output_only)
+        return US_VOTE_REPLAY_ON;
+    end_replay_here(t);
+    return US_VOTE_GO_LIVE;
+}
+
+US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what)
+{
+    char text[512];
+    divergence_text(text, sizeof(text), t, ev, 0, NULL, what, NULL);
+    say_recent(t);
+    say_thread_hint();
+    retire(text);
 }
 
 US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
                              const long *a, const char *why)
 {
+    char text[512];
+    divergence_text(text, sizeof(text), t, ev, nr, a, NULL, why);
     say_recent(t);
     say_thread_hint();
-    if (ev && ev->type == US_EV_SYSCALL)
-        us_fatal("divergence on thread %u at event %lu: the program called %s(%ld, ..., %ld) "
-                 "but the primary's log has %s(%d, ..., %lu) (%s)",
-                 t->ring, (unsigned long)ev->seq, us_sysname(nr), a[0], a[2],
-                 us_sysname(ev->nr), ev->fd, (unsigned long)ev->check, why);
-    char logged[160] = "nothing";
-    if (ev)
-        describe(logged, sizeof(logged), ev->type, ev->nr, ev->fd, ev->ret, ev->check);
-    us_fatal("divergence on thread %u at event %lu: the program called %s but the log has %s (%s)",
-             t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), logged, why);
+    retire(text);
+}
+
+int us_vote_at(struct us_thread *t, const struct us_event *ev, const char *what, uint64_t sig)
+{
+    char text[512];
+    divergence_text(text, sizeof(text), t, ev, 0, NULL, what, NULL);
+    return us_vote(t, ev, sig, 0, text);
+}
+
+/* What a backup would have done where it diverged, to compare with others. */
+static uint64_t call_sig(long nr, const long *a)
+{
+    long v[4] = {nr, a[0], a[1], a[2]};
+    return XXH3_64bits(v, sizeof(v));
+}
+
+/* A mismatch in a replayed system call: retire, or the vote's outcome. */
+static int call_mismatch(struct us_thread *t, const struct us_event *ev, long nr, const long *a,
+                         const char *why, uint64_t sig, int output_only)
+{
+    char text[512];
+    divergence_text(text, sizeof(text), t, ev, nr, a, NULL, why);
+    return us_vote(t, ev, sig, output_only, text);
 }
 
 struct us_event *us_next_event(struct us_thread *t)
@@ -559,12 +656,12 @@ struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const st
         __atomic_store_n(&c->consumer[us_slot].tail, c->head, __ATOMIC_RELEASE);
         return NULL;
     }
-    if (ev->type != US_EV_SYSCALL || ev->nr != (uint32_t)nr)
-        us_diverged(t, ev, nr, a, "different call");
-    if (d->fd_arg >= 0 && ev->fd != (int32_t)a[d->fd_arg])
-        us_diverged(t, ev, nr, a, "different fd");
-    if (d->size_arg >= 0 && ev->check != (uint64_t)a[d->size_arg])
-        us_diverged(t, ev, nr, a, "different size");
+    const char *why = ev->type != US_EV_SYSCALL || ev->nr != (uint32_t)nr ? "different call"
+                      : d->fd_arg >= 0 && ev->fd != (int32_t)a[d->fd_arg]     ? "different fd"
+                      : d->size_arg >= 0 && ev->check != (uint64_t)a[d->size_arg] ? "different size"
+                                                                                : NULL;
+    if (why && call_mismatch(t, ev, nr, a, why, call_sig(nr, a), 0) == US_VOTE_GO_LIVE)
+        return NULL;
     return ev;
 }
 
@@ -657,7 +754,7 @@ long us_replay_event(struct us_thread *t, long nr, long *a, const struct us_sysd
     switch (d->kind) {
     case K_OUTPUT:
         if (output_digest(nr, a, r, &digest) && digest != ev->digest)
-            us_diverged(t, ev, nr, a, "it would have written other bytes");
+            call_mismatch(t, ev, nr, a, "it would have written other bytes", digest, 1);
         break;
     case K_FDNEW: {
         struct fd_versions fv;

@@ -112,6 +112,16 @@ const char *us_sysname(long nr);
 /* Called at a divergence: reports, retires this replica and exits. */
 US_NORETURN void us_diverged(struct us_thread *t, const struct us_event *ev, long nr,
                              const long *a, const char *why);
+/* A divergence that a majority vote may decide (three replicas or more):
+ * reports it and waits; returns only if this replica won the vote against
+ * the primary, telling the caller to replay on (the mismatch was only in
+ * output bytes, output_only) or to go live at this call. `sig` is what this
+ * replica would have done, compared with the other backups'. */
+enum { US_VOTE_REPLAY_ON = 1, US_VOTE_GO_LIVE = 2 };
+int us_vote(struct us_thread *t, const struct us_event *ev, uint64_t sig, int output_only,
+            const char *text);
+/* The same for something other than a system call, described by `what`. */
+int us_vote_at(struct us_thread *t, const struct us_event *ev, const char *what, uint64_t sig);
 /* The same, for something other than a system call, described by `what`. */
 US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what);
 

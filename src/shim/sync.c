@@ -236,18 +236,28 @@ US_NORETURN static void sync_diverged(struct us_thread *t, const struct us_event
     us_diverged_at(t, ev, what);
 }
 
+/* A synchronisation call other than the log's: retire, or go live if this
+ * replica outvoted the primary (engine.c, us_vote). */
+static int sync_mismatch(struct us_thread *t, const struct us_event *ev, int op, uintptr_t site,
+                         const char *why)
+{
+    char what[160];
+    us_fmt(what, sizeof(what), "%s at %p: %s", op_name(op), (void *)site, why);
+    return us_vote_at(t, ev, what, ((uint64_t)op * 0x9E3779B97F4A7C15ull) ^ site);
+}
+
 struct us_event *us_sync_expect(struct us_thread *t, int op, uintptr_t site)
 {
     struct us_event *ev = us_next_event(t);
     if (!ev)
         return NULL;
+    char why[96] = "";
     if (ev->type != US_EV_SYNC || ev->fd != op)
-        sync_diverged(t, ev, op, site, "the primary did something else here");
-    if (ev->site != site) {
-        char why[96];
+        us_fmt(why, sizeof(why), "the primary did something else here");
+    else if (ev->site != site)
         us_fmt(why, sizeof(why), "the primary made it from %p", (void *)ev->site);
-        sync_diverged(t, ev, op, site, why);
-    }
+    if (why[0] && sync_mismatch(t, ev, op, site, why) == US_VOTE_GO_LIVE)
+        return NULL;
     if (ev->nr >= MAX_OBJS)
         us_fatal("corrupt synchronisation record in the log of thread %u", t->ring);
     return ev;

@@ -96,7 +96,7 @@ void us_control_close(struct us_supervisor *s)
 static const char *state_name(uint32_t st)
 {
     static const char *names[] = {"unused", "starting", "running", "promoting",
-                                  "live", "dead", "retired"};
+                                  "live", "dead", "retired", "diverged"};
     return st < sizeof(names) / sizeof(names[0]) ? names[st] : "unknown";
 }
 

@@ -352,6 +352,8 @@ static void pin_threads(pid_t pid, const cpu_set_t *set)
 
 int us_pick_backup(struct us_supervisor *s)
 {
+    if (s->vote_winner >= 0 && s->rep[s->vote_winner].alive)
+        return s->vote_winner;
     int best = -1;
     uint64_t best_lag = UINT64_MAX;
     for (int i = 0; i < s->opt.replicas; i++) {
@@ -411,6 +413,7 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
             continue;
         }
         kill_keeper(op);
+        s->vote_winner = -1;
         s->opt.cpus[b] = s->opt.cpus[old];
         pin_threads(s->rep[b].pid, &s->opt.cpus[b]);
         s->primary = b;
@@ -486,13 +489,17 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
     char why[64];
     if (s->primary_hung)
         snprintf(why, sizeof(why), "hung");
+    else if (s->primary_faulty)
+        snprintf(why, sizeof(why), "was outvoted by its backups");
     else
         snprintf(why, sizeof(why), "was killed by signal %d", WTERMSIG(st));
+    int faulty = s->primary_faulty;
     s->primary_hung = 0;
+    s->primary_faulty = 0;
     /* Only a fault a replica can repeat on its own makes a deterministic crash. */
     int sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
-    int fault = sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE ||
-                sig == SIGABRT || sig == SIGTRAP || sig == SIGSYS;
+    int fault = !faulty && (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE ||
+                            sig == SIGABRT || sig == SIGTRAP || sig == SIGSYS);
     if (us_failover(s, why, fault ? sig : 0) < 0) {
         s->exit_status = status_code(st);
         s->done = 1;
@@ -507,6 +514,76 @@ static void reap(struct us_supervisor *s)
         for (int i = 0; i < s->opt.replicas; i++)
             if (s->rep[i].alive && s->rep[i].pid == pid)
                 on_exit_of(s, i, st);
+    }
+}
+
+static void retire_backup(struct us_supervisor *s, int b, const char *why)
+{
+    us_say_sup(s, "backup pid %d retired: %s", (int)s->rep[b].pid, why);
+    __atomic_store_n(&s->log.hdr->replica[b].state, US_REPLICA_RETIRED, __ATOMIC_RELEASE);
+    kill(s->rep[b].pid, SIGKILL);
+}
+
+/*
+ * The majority vote. A backup that found the log disagreeing with it waits
+ * (US_REPLICA_DIVERGED) at (thread, event) with a hash of what it would have
+ * done. The primary counts as one voice with every backup that replayed past
+ * that event; the backups that stopped there the same way are the other
+ * side. When they are more, the primary is the faulty one: it is stopped and
+ * one of them takes over (the others, stopped at the point, cannot follow the
+ * new primary's log: retired). Otherwise, or with no other backup to ask, the
+ * diverged backup is retired once no backup is still on its way to the event.
+ */
+#define VOTE_TIMEOUT_MS 2000
+static void check_divergences(struct us_supervisor *s)
+{
+    struct us_log_header *h = s->log.hdr;
+    for (int b = 0; b < s->opt.replicas; b++) {
+        struct us_replica *rb = &h->replica[b];
+        if (b == s->primary || !s->rep[b].alive ||
+            __atomic_load_n(&rb->state, __ATOMIC_ACQUIRE) != US_REPLICA_DIVERGED)
+            continue;
+        if (!s->rep[b].diverged_since_ms)
+            s->rep[b].diverged_since_ms = us_now_ms();
+        unsigned ring = rb->diverged_ring;
+        uint64_t seq = rb->diverged_seq;
+        int agree = 0, behind = 0, with_primary = 1, first_agree = -1;
+        for (int o = 0; o < s->opt.replicas; o++) {
+            struct us_replica *ro = &h->replica[o];
+            if (o == s->primary || !s->rep[o].alive || ring >= US_MAX_THREADS)
+                continue;
+            uint32_t st = __atomic_load_n(&ro->state, __ATOMIC_ACQUIRE);
+            if (st == US_REPLICA_DIVERGED && ro->diverged_ring == ring &&
+                ro->diverged_seq == seq && ro->diverged_sig == rb->diverged_sig) {
+                agree++;
+                if (first_agree < 0)
+                    first_agree = o;
+            } else if (st == US_REPLICA_RUNNING || st == US_REPLICA_STARTING) {
+                if (h->ring[ring].consumer[o].seq >= seq)
+                    with_primary++;
+                else
+                    behind++;
+            }
+        }
+        if (agree > with_primary) {
+            us_say_sup(s, "majority vote: %d backups agree with each other and not with the "
+                          "primary (pid %d) at thread %u event %lu: the primary is faulty; "
+                          "backup pid %d takes over",
+                       agree, (int)s->rep[s->primary].pid, ring, (unsigned long)seq,
+                       (int)s->rep[first_agree].pid);
+            for (int o = 0; o < s->opt.replicas; o++)
+                if (o != s->primary && o != first_agree && s->rep[o].alive)
+                    retire_backup(s, o, "stopped where the faulty primary diverged, it cannot "
+                                        "follow the new primary");
+            s->vote_winner = first_agree;
+            s->primary_faulty = 1;
+            kill(s->rep[s->primary].pid, SIGKILL);
+            return;
+        }
+        if (behind == 0 || us_now_ms() - s->rep[b].diverged_since_ms > VOTE_TIMEOUT_MS)
+            retire_backup(s, b, with_primary > 1 ? "outvoted: the primary and another backup agree"
+                                                 : "the primary disagrees and no other backup "
+                                                   "can settle it");
     }
 }
 
@@ -564,6 +641,7 @@ int us_run(struct us_run_options *opt)
     struct us_supervisor *s = &sup;
     s->opt = *opt;
     s->listen_fd = -1;
+    s->vote_winner = -1;
     if (find_shim(s->shim_path, sizeof(s->shim_path)) < 0) {
         fprintf(stderr, "understudy: cannot find libunderstudy.so beside the understudy binary\n");
         return 1;
@@ -648,6 +726,7 @@ int us_run(struct us_run_options *opt)
         if (pfd[1].revents & POLLIN)
             us_control_serve(s);
         check_hang(s);
+        check_divergences(s);
     }
     /* A program that ended by itself: its backups replay to the same end,
      * for as long as they make progress; say so if one ended differently. */

@@ -32,6 +32,7 @@ struct us_proc {
     pid_t keeper;              /* primary only */
     int keeper_pidfd;
     long stopped_since_ms;     /* seen stopped since (hang detection) */
+    long diverged_since_ms;    /* waiting for the vote since */
 };
 
 struct us_supervisor {
@@ -47,6 +48,8 @@ struct us_supervisor {
     int exit_status;
     int done;
     int primary_hung;          /* the primary was killed for hanging */
+    int vote_winner;           /* a backup that outvoted the primary, or -1 */
+    int primary_faulty;        /* the primary was killed for losing a vote */
     long last_failover_ms;
     char shim_path[4096];
 };
