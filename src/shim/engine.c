@@ -526,8 +526,16 @@ static void divergence_text(char *buf, size_t cap, const struct us_thread *t,
                t->ring, ev ? (unsigned long)ev->seq : 0ul, us_sysname(nr), logged, why);
 }
 
+static void count_divergence(void)
+{
+    struct us_replica *me = &us_log_.hdr->replica[us_slot];
+    if (!__atomic_load_n(&me->diverged, __ATOMIC_ACQUIRE))
+        __atomic_add_fetch(&me->divergences, 1, __ATOMIC_RELEASE);
+}
+
 US_NORETURN static void retire(const char *text)
 {
+    count_divergence();
     us_fatal("%s", text);
 }
 
@@ -564,6 +572,7 @@ int us_vote(struct us_thread *t, const struct us_event *ev, uint64_t sig, int ou
         if (h->nreplicas < 3 || !ev)
             retire(text);
         us_say("%s", text);
+        count_divergence();
         uint32_t zero = 0;
         if (__atomic_compare_exchange_n(&me->diverged, &zero, 1, 0, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {

@@ -100,15 +100,24 @@ static const char *state_name(uint32_t st)
     return st < sizeof(names) / sizeof(names[0]) ? names[st] : "unknown";
 }
 
+/* Divergences found by any replica so far (each counts once). */
+static unsigned long divergences(const struct us_supervisor *s)
+{
+    unsigned long n = 0;
+    for (int i = 0; i < s->opt.replicas; i++)
+        n += s->log.hdr->replica[i].divergences;
+    return n;
+}
+
 static size_t status_json(struct us_supervisor *s, char *out, size_t cap)
 {
     struct us_log_header *h = s->log.hdr;
     size_t n = (size_t)snprintf(out, cap,
         "{\"mode\":\"record\",\"replicas\":%d,\"max_lag_events\":%lu,\"max_lag_ms\":%lu,"
-        "\"failovers\":%u,\"last_failover_ms\":%ld,"
+        "\"failovers\":%u,\"divergences\":%lu,\"last_failover_ms\":%ld,"
         "\"primary\":{\"slot\":%d,\"pid\":%d,\"keeper_pid\":%d},\"backups\":[",
         s->opt.replicas, (unsigned long)h->max_lag_events, (unsigned long)s->opt.max_lag_ms,
-        h->failovers, s->last_failover_ms,
+        h->failovers, divergences(s), s->last_failover_ms,
         s->primary, (int)s->rep[s->primary].pid, (int)s->rep[s->primary].keeper);
     int first = 1;
     for (int i = 0; i < s->opt.replicas && n < cap; i++) {
@@ -145,10 +154,11 @@ static size_t status_text(struct us_supervisor *s, char *out, size_t cap)
         nb++;
     }
     if (n < cap)
-        n += (size_t)snprintf(out + n, cap - n, "%s\nreplicas: %d of %d%s\nfailovers: %u\n",
+        n += (size_t)snprintf(out + n, cap - n,
+                              "%s\nreplicas: %d of %d%s\nfailovers: %u\ndivergences: %lu\n",
                               nb ? "" : "none", nb + 1, s->opt.replicas,
                               nb + 1 < s->opt.replicas ? " (degraded: fewer replicas than started)" : "",
-                              h->failovers);
+                              h->failovers, divergences(s));
     return n < cap ? n : cap - 1;
 }
 

@@ -95,6 +95,8 @@ if "the primary is faulty" in err or st.get("failovers"):
     failures.append("backup flipped: the primary was wrongly declared faulty")
 if len(st.get("backups") or []) != 1:
     failures.append("backup flipped: expected one backup left, status %s" % st)
+if st.get("divergences") != 1:
+    failures.append("backup flipped: status should count 1 divergence: %s" % st)
 
 with tempfile.TemporaryDirectory(prefix="us-vote-") as d:
     replies, st, err, problems = run_case("primary", d)
@@ -110,6 +112,8 @@ if "majority vote" not in err or "the primary is faulty" not in err:
     failures.append("primary flipped: no majority vote against the primary was reported")
 if st.get("failovers") != 1:
     failures.append("primary flipped: expected one failover, status %s" % st)
+if st.get("divergences") != 2:
+    failures.append("primary flipped: status should count the 2 backups' divergences: %s" % st)
 for f in failures:
     print("FAIL:", f)
 sys.exit(1 if failures else 0)
