@@ -10,8 +10,8 @@
  * own calls and on operations that are ordered and logged:
  *
  *  - each ring (thread) has its own heap: free lists per size class, and its
- *    own range of a reserved stretch of address space, carved into 256 KiB
- *    spans of one class each;
+ *    own stretch (16 GiB, less under an RLIMIT_AS) of one reserved range of
+ *    address space, carved into 256 KiB spans of one class each;
  *  - free() puts a block on the freeing thread's own list, whichever heap it
  *    came from;
  *  - a list grown too long gives a batch to the class's shared depot, and a
@@ -44,7 +44,8 @@
 #define NCLASS 40
 #define SHARED_HEAP US_MAX_THREADS /* for threads outside the log */
 #define NHEAPS (US_MAX_THREADS + 1)
-#define HEAP_SHIFT 36 /* 64 GiB of address space per heap */
+#define HEAP_SHIFT_MAX 34 /* 16 GiB of address space per heap... */
+#define HEAP_SHIFT_MIN 24 /* ...or less, down to 16 MiB, under an RLIMIT_AS */
 #define SPAN_MAGIC 0x4e415053u
 
 struct span {
@@ -70,6 +71,7 @@ static struct heap heaps[NHEAPS];
 static struct us_ord shared_heap_lock;
 static struct depot depots[NCLASS];
 static uintptr_t arena_base, arena_end;
+static unsigned heap_shift; /* log2 of each heap's stretch of the arena */
 
 static enum { A_UNSET, A_INIT, A_OWN, A_FORWARD } amode;
 
@@ -170,14 +172,19 @@ static void alloc_init(void)
         return;
     }
     /* One reservation, made while the program is still starting on one
-     * thread: the same address in every replica. */
-    uint64_t len = ((uint64_t)NHEAPS << HEAP_SHIFT) + SPAN;
-    long r = US_SYSCALL6(SYS_mmap, 0, len, PROT_NONE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+     * thread: the same address in every replica (and the same size: the
+     * replicas have the same limits). */
+    long r = -12;
+    for (heap_shift = HEAP_SHIFT_MAX; heap_shift >= HEAP_SHIFT_MIN; heap_shift--) {
+        r = US_SYSCALL6(SYS_mmap, 0, ((uint64_t)NHEAPS << heap_shift) + SPAN, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (r >= 0 || r <= -4096)
+            break;
+    }
     if (r < 0 && r > -4096)
         us_fatal("cannot reserve address space for the program's heap (mmap: %ld)", r);
     arena_base = ((uintptr_t)r + SPAN - 1) & ~(SPAN - 1);
-    arena_end = arena_base + ((uint64_t)NHEAPS << HEAP_SHIFT);
+    arena_end = arena_base + ((uint64_t)NHEAPS << heap_shift);
     __atomic_store_n(&amode, A_OWN, __ATOMIC_RELEASE);
 }
 
@@ -218,9 +225,9 @@ static struct heap *my_heap(struct us_thread **t, int *shared)
 static char *new_span(struct heap *h, unsigned c)
 {
     unsigned idx = (unsigned)(h - heaps);
-    if ((h->spans + 1) << SPAN_SHIFT > (1ul << HEAP_SHIFT))
-        us_fatal("a thread's heap is full (%lu GiB)", 1ul << (HEAP_SHIFT - 30));
-    char *s = (char *)(arena_base + ((uintptr_t)idx << HEAP_SHIFT) + (h->spans++ << SPAN_SHIFT));
+    if ((h->spans + 1) << SPAN_SHIFT > (1ul << heap_shift))
+        return NULL; /* this thread's stretch is full of small blocks: ENOMEM */
+    char *s = (char *)(arena_base + ((uintptr_t)idx << heap_shift) + (h->spans++ << SPAN_SHIFT));
     long r = US_SYSCALL3(SYS_mprotect, s, SPAN, PROT_READ | PROT_WRITE);
     if (r < 0)
         return NULL;
