@@ -51,21 +51,19 @@ import argparse
 import hashlib
 import json
 import os
-import random
-import signal
 import sys
-import threading
 import time
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True      # keep the source tree clean
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_HERE, "..", "lib"))
+sys.path.insert(0, _HERE)
+import failover_checks as fc  # noqa: E402
 from memcached_harness import (TOOK_OVER_RE, ConnLost, Mc, McError, McServer,  # noqa: E402
-                               StartError, log, mono, run_capable, spawn, tools_missing,
+                               StartError, log, mono, run_capable, tools_missing,
                                understudy_problems)
-from redis_harness import (Deadline, Tracker, install_deadline,  # noqa: E402
-                           install_fatal_handlers, set_log_prefix)
+from redis_harness import set_log_prefix  # noqa: E402
 
-PASS, FAIL, SKIP = 0, 1, 77
 TOOLS = ("memcached", "memccapable", "memcslap")
 
 
@@ -77,10 +75,7 @@ def parse_args():
                    help="plain memcached, no understudy, no kills (+ self-check)")
     m.add_argument("--capable", action="store_true",
                    help="memccapable under understudy, no kill")
-    ap.add_argument("--kills", type=int, default=1,
-                    help="SIGKILLs of the primary per phase (default 1)")
-    ap.add_argument("--replicas", type=int, default=None,
-                    help="understudy --replicas (default kills+1; must be > kills)")
+    fc.add_kill_args(ap)
     ap.add_argument("--threads", type=int, default=4, help="memcached -t (default 4)")
     ap.add_argument("--phases", default="ab",
                     help="failover/native phases: a (memcslap), b (checker); default ab")
@@ -92,156 +87,77 @@ def parse_args():
                     help="checker connections doing SET+GET (default 4)")
     ap.add_argument("--incr-conns", type=int, default=2,
                     help="checker connections doing INCR, each its own counter (default 2)")
-    ap.add_argument("--duration", type=float, default=2.0,
-                    help="checker run time without kills, and minimum run time (default 2 s)")
-    ap.add_argument("--post-seconds", type=float, default=1.0,
-                    help="checker traffic kept up after the last failover (default 1 s)")
-    ap.add_argument("--stall", type=float, default=10.0,
-                    help="a reply later than this is a failure (default 10 s)")
-    ap.add_argument("--failover-timeout", type=float, default=15.0,
-                    help="max seconds for status to report a failover (default 15)")
-    ap.add_argument("--start-timeout", type=float, default=20.0,
-                    help="max seconds for the server to start (default 20)")
-    ap.add_argument("--timeout", type=float, default=100.0,
-                    help="overall time limit in seconds (default 100)")
-    ap.add_argument("--run-args", default="",
-                    help="extra options for `understudy run`, e.g. '--hang-timeout 2000'")
+    fc.add_bound_args(ap, failover_timeout=15.0, start_timeout=20.0, timeout=100.0)
     ap.add_argument("--mc-args", default="",
                     help="extra memcached options, e.g. '-o no_lru_crawler'")
-    ap.add_argument("--seed", type=int, default=None, help="random seed (printed)")
-    ap.add_argument("--no-self-check", action="store_true",
-                    help="with --native: skip the negative self-check")
+    fc.add_seed_args(ap)
     a = ap.parse_args()
     if a.native or a.capable:
         a.kills = 0
-    if a.replicas is None:
-        a.replicas = min(8, max(2, a.kills + 1))
-    if not 2 <= a.replicas <= 8:
-        ap.error("--replicas must be 2..8")
-    if a.kills < 0 or a.kills > a.replicas - 1:
-        ap.error("--kills %d needs --replicas >= %d (each failover consumes a backup)"
-                 % (a.kills, a.kills + 1))
-    if a.setget_conns < 0 or a.incr_conns < 0 or a.setget_conns + a.incr_conns == 0:
-        ap.error("need at least one checker connection")
-    if set(a.phases) - set("ab") or not a.phases:
-        ap.error("--phases takes a, b or ab")
+    fc.check_args(ap, a, (a.setget_conns, a.incr_conns), min_replicas=2)
     return a
 
 
-class Ctx:
-    def __init__(self, args, understudy):
-        self.args = args
-        self.us = understudy
-        self.tracker = Tracker()
-        self.rng = random.Random(args.seed)
-        self.servers = []
-        self.t_end = mono() + args.timeout
+class Ctx(fc.Ctx):
+    program = "memcached"
+    reply_errors = (McError,)
 
     def server(self, label, native=None, extra=()):
         a = self.args
         native = a.native if native is None else native
-        s = McServer(self.tracker, threads=a.threads, memory_mb=256,
-                     extra_args=a.mc_args.split() + list(extra), native=native,
-                     understudy=self.us, replicas=a.replicas, run_args=a.run_args.split(),
-                     label=label)
-        self.servers.append(s)
-        return s
+        return self.keep(McServer(self.tracker, threads=a.threads, memory_mb=256,
+                                  extra_args=a.mc_args.split() + list(extra), native=native,
+                                  understudy=self.us, replicas=a.replicas,
+                                  run_args=a.run_args.split(), label=label))
 
-    def left(self):
-        return self.t_end - mono()
+    # ---- what understudy prints ------------------------------------------
+    def complaints(self, srv):
+        """understudy's divergence/retired/... lines (none for a native server)."""
+        return srv.problems()
 
-
-def finish(srv, expect_dead=False):
-    """Stop the server (SIGTERM, exit 0 expected) and clean up; problems,
-    including what understudy printed while stopping (a backup that ended
-    differently from the primary, or had not finished replaying)."""
-    try:
-        seen = len(srv.problems())
-        problems = srv.stop(expect_dead=expect_dead)
-        late = srv.problems()[seen:]
-        if late and not expect_dead:
-            problems.append("at shutdown understudy reported: %s" % " | ".join(late[:4]))
-        return problems
-    finally:
-        srv.cleanup()
-
-
-def understudy_check(srv, when):
-    """understudy's divergence/retired/... lines, as problems."""
-    p = srv.problems()
-    if not p:
-        return []
-    return ["%s understudy reported: %s" % (when, " | ".join(p[:4]))]
-
-
-def running_backups(st):
-    return [b for b in st.get("backups") or [] if b.get("state") == "running"]
-
-
-def do_kills(ctx, srv, kills, is_alive, what):
-    """Kill the primary `kills` times, 0.5-2 s apart, each after the previous
-    failover completed.  Returns (problems, killed pids)."""
-    problems, killed = [], []
-    failovers = 0
-    for i in range(kills):
-        end = mono() + ctx.rng.uniform(0.5, 2.0)
-        while mono() < end and is_alive():
-            time.sleep(0.01)
-        if not is_alive():
-            problems.append("%s before kill %d/%d; remaining kills skipped" % (what, i + 1, kills))
-            break
-        if srv.proc.poll() is not None:
-            problems.append("`understudy run` exited with status %s before kill %d/%d"
-                            % (srv.proc.returncode, i + 1, kills))
-            problems += understudy_check(srv, "before it exited,")
-            break
-        st = srv.status_retry()
-        bad = understudy_check(srv, "before kill %d/%d," % (i + 1, kills))
-        if bad or not running_backups(st):
-            problems += bad
-            problems.append("before kill %d/%d there is no running backup to take over (status:"
-                            " %s); remaining kills skipped" % (i + 1, kills, json.dumps(st)))
-            break
-        pid, tk = srv.kill_primary()
-        killed.append(pid)
-        srv.kill_times.append(tk)
-        log("kill %d/%d: SIGKILLed primary pid %d (%s)" % (i + 1, kills, pid,
-                                                           srv.last_killed_cmdline))
-        st, dt = srv.wait_failover(failovers, pid, timeout=ctx.args.failover_timeout)
-        failovers = int(st["failovers"])
+    def after_failover(self, srv, killed_pid, st, failovers):
+        """understudy printed its "took over" line, naming the killed primary
+        and the backup that status now reports as primary."""
         # the supervisor prints its line right after counting the failover
         end = mono() + 3.0
         while len(srv.takeovers()) < failovers and mono() < end:
             time.sleep(0.02)
         lines = srv.takeovers()
         if len(lines) < failovers:
-            problems.append("status reports failover #%d but understudy printed %d \"took over\""
-                            " line(s)" % (failovers, len(lines)))
-        elif int(lines[-1][0]) != pid or int(lines[-1][1]) != int(st["primary"]["pid"]):
-            problems.append("understudy's \"took over\" line names primary %s -> backup %s,"
-                            " expected %d -> %s" % (lines[-1][0], lines[-1][1], pid,
-                                                    st["primary"]["pid"]))
-        log("kill %d/%d: failover #%d reported after %.0f ms, new primary pid %d, %d backup(s)"
-            " left" % (i + 1, kills, failovers, dt * 1000, st["primary"]["pid"],
-                       len(running_backups(st))))
-    return problems, killed
-
-
-def check_final_status(srv, kills, pid0, killed):
-    if srv.native:
+            return ["status reports failover #%d but understudy printed %d \"took over\""
+                    " line(s)" % (failovers, len(lines))]
+        if int(lines[-1][0]) != killed_pid or int(lines[-1][1]) != int(st["primary"]["pid"]):
+            return ["understudy's \"took over\" line names primary %s -> backup %s,"
+                    " expected %d -> %s" % (lines[-1][0], lines[-1][1], killed_pid,
+                                            st["primary"]["pid"])]
         return []
-    if srv.proc.poll() is not None:
-        return ["`understudy run` exited with status %s during the run" % srv.proc.returncode] \
-            + understudy_check(srv, "before it exited,")
-    st = srv.status_retry()
-    problems = []
-    if int(st["failovers"]) != kills:
-        problems.append("status --json reports failovers=%s, expected %d" % (st["failovers"], kills))
-    p = int(st["primary"]["pid"])
-    if kills and (p == pid0 or p in killed):
-        problems.append("status --json primary pid %d is the original/killed primary" % p)
-    problems += understudy_check(srv, "during the run")
-    return problems
+
+    # ---- phase (b) -------------------------------------------------------
+    def checker_conns(self):
+        return [("incr", "INCR", self.args.incr_conns),
+                ("setget", "SET/GET", self.args.setget_conns)]
+
+    def worker(self, idx, kind, port, stop):
+        return Worker(idx, kind, port, stop, self.args.stall)
+
+    def sabotage_ready(self, workers):
+        return all(w.count > 2 for w in workers)
+
+    def sabotage(self, srv, workers):
+        """Behind the checker's back: one extra incr, delete an acked key and
+        overwrite another."""
+        sw = [w for w in workers if w.kind == "setget"]
+        side = Mc(srv.port, timeout=self.args.stall)
+        if self.args.incr_conns:
+            side.incr(workers[0].key)
+        if sw:
+            side.delete(b"k:%d:0" % sw[0].idx)
+            side.set(b"k:%d:1" % sw[-1].idx, b"tampered")
+        side.close()
+        return "extra incr, delete of an acknowledged key, overwrite of another"
+
+    def verify_data(self, port, workers):
+        return verify_data(port, workers, self.args.stall)
 
 
 # --------------------------------------------------------------------------
@@ -258,7 +174,7 @@ def phase_capable(ctx, sabotage=False):
         srv.start(timeout=ctx.args.start_timeout)
         if not srv.native:
             st = srv.status_retry()
-            if not running_backups(st):
+            if not fc.running_backups(st):
                 problems.append("no running backup before memccapable: %s" % json.dumps(st))
         r = run_capable(srv.port, ctx.tracker, timeout=max(10.0, min(60.0, ctx.left() - 10)),
                         workdir=srv.dir)
@@ -283,7 +199,7 @@ def phase_capable(ctx, sabotage=False):
                         or mono() > end:
                     break
                 time.sleep(0.05)
-            if not running_backups(st):
+            if not fc.running_backups(st):
                 problems.append("after memccapable status shows no running backup: %s"
                                 % json.dumps(st))
             else:
@@ -296,11 +212,11 @@ def phase_capable(ctx, sabotage=False):
                 problems.append("after memccapable, version on a new connection: %s" % e)
             finally:
                 c.close()
-            problems += check_final_status(srv, 0, None, [])
+            problems += fc.check_final_status(ctx, srv, 0, None, [])
     except (StartError, RuntimeError, ConnLost, McError) as e:
         problems.append(str(e))
     finally:
-        problems += finish(srv)
+        problems += fc.finish(ctx, srv)
     return problems
 
 
@@ -316,15 +232,10 @@ def phase_slap(ctx, kills, kill_native=False):
     try:
         srv.start(timeout=a.start_timeout)
         pid0 = srv.primary_pid()
-        outp, errp = os.path.join(srv.dir, "slap.out"), os.path.join(srv.dir, "slap.err")
         n = a.slap_ops * (3 if kill_native else 1)
         cmd = ["memcslap", "-s", "127.0.0.1:%d" % srv.port, "-c", str(a.slap_threads),
                "-t", "set", "-e", str(n)]
-        with open(outp, "wb") as fo, open(errp, "wb") as fe:
-            t0 = mono()
-            slap = spawn(cmd, ctx.tracker, "memcslap", stdout=fo, stderr=fe)
-        log("%s: started memcslap pid %d: %s" % (label, slap.pid, " ".join(cmd)))
-        killed = []
+        slap, outp, errp, t0 = fc.start_load(ctx, srv, label, cmd, "slap")
         if kill_native:
             # kill mid-load: once the server has stored some of memcslap's sets
             end, sets = mono() + 10, 0
@@ -349,18 +260,12 @@ def phase_slap(ctx, kills, kill_native=False):
             else:
                 log("%s: good, memcslap reported the kill: %r" % (label, err.splitlines()[0][:120]))
             return problems
-        p, killed = do_kills(ctx, srv, kills, lambda: slap.poll() is None,
-                             "memcslap exited (raise --slap-ops so the load outlasts the kills)")
+        p, killed = fc.do_kills(ctx, srv, kills, lambda: slap.poll() is None,
+                                "memcslap exited (raise --slap-ops so the load outlasts the"
+                                " kills)")
         problems += p
         reserve = 30.0 if "b" in a.phases else 10.0
-        limit = max(10.0, ctx.left() - reserve)
-        try:
-            slap.wait(timeout=limit)
-        except Exception:
-            problems.append("memcslap still running after %.0fs (throughput too low or a"
-                            " connection hangs); killed it" % (mono() - t0))
-            slap.kill()
-            slap.wait()
+        problems += fc.wait_load(slap, max(10.0, ctx.left() - reserve), t0)
         rc = slap.returncode
         out = open(outp, errors="replace").read()
         err = open(errp, errors="replace").read()
@@ -376,22 +281,20 @@ def phase_slap(ctx, kills, kill_native=False):
         if not got or got[0].split()[:5] != want.split():
             problems.append("memcslap did not count all %d sets: %r" % (n * a.slap_threads,
                                                                          got or out[-300:]))
-        problems += check_final_status(srv, kills, pid0, killed)
+        problems += fc.check_final_status(ctx, srv, kills, pid0, killed)
     except StartError as e:
         problems.append(str(e))
     except (RuntimeError, ConnLost, McError) as e:
         problems.append(str(e))
-        problems += understudy_check(srv, "by then")
+        problems += ctx.understudy_check(srv, "by then")
     finally:
-        if slap is not None and slap.poll() is None:
-            slap.kill()
-            slap.wait()
-        problems += finish(srv, expect_dead=kill_native)
+        fc.stop_load(slap)
+        problems += fc.finish(ctx, srv, expect_dead=kill_native)
     return problems
 
 
 # --------------------------------------------------------------------------
-# phase (b): SET+GET / INCR checker under kills
+# phase (b): SET+GET / INCR checker under kills (failover_checks.phase_checker)
 # --------------------------------------------------------------------------
 
 def value_for(idx, i):
@@ -403,27 +306,17 @@ def value_for(idx, i):
     return v, (idx * 7919 + i) & 0xffff
 
 
-class Worker(threading.Thread):
+class Worker(fc.Worker):
     def __init__(self, idx, kind, port, stop, stall):
-        super().__init__(name="%s-%d" % (kind, idx), daemon=True)
-        self.idx, self.kind, self.stop = idx, kind, stop
-        self.conn = Mc(port, timeout=stall)        # connected before any kill
+        super().__init__(idx, kind, Mc(port, timeout=stall), stop)
         self.key = b"counter:%d" % idx
-        self.count = 0          # acknowledged SETs / INCRs
-        self.last = 0           # INCR: last value seen
-        self.bad = []           # (kind, message)
-        self.error = None       # connection error
-        self.t_last = None
-        self.max_gap = 0.0
-        self.max_gap_at = None
         if kind == "incr":
             r = self.conn.set(self.key, b"0")
             if r != b"STORED":
                 raise McError("set %s 0 replied %r" % (self.key.decode(), r))
 
-    def flag(self, kind, msg):
-        if len(self.bad) < 20:
-            self.bad.append((kind, "conn %d: %s" % (self.idx, msg)))
+    def step(self):
+        return self.step_incr() if self.kind == "incr" else self.step_setget()
 
     def step_setget(self):
         i = self.count
@@ -432,20 +325,18 @@ class Worker(threading.Thread):
         self.conn.send_raw(Mc.set_cmd(key, val, flags) + Mc.get_cmd(key))
         r = self.conn.storage_reply()
         if r != b"STORED":
-            self.flag("bad_reply", "set %s replied %r" % (key.decode(), r))
-            return False
+            return "set %s replied %r" % (key.decode(), r)
         self.count += 1
         got = self.conn.values()
         if got != {key: (flags, val)}:
             self.flag("get_back", "get %s right after its set returned %s" % (
                 key.decode(), {k: (f, len(v)) for k, (f, v) in got.items()} or "nothing"))
-        return True
+        return None
 
     def step_incr(self):
         r = self.conn.incr(self.key)
         if not isinstance(r, int):
-            self.flag("bad_reply", "incr %s replied %r" % (self.key.decode(), r))
-            return False
+            return "incr %s replied %r" % (self.key.decode(), r)
         if r != self.last + 1:
             self.flag("incr_seq", "incr %s replied %d after %d (expected %d) at op #%d"
                       % (self.key.decode(), r, self.last, self.last + 1, self.count + 1))
@@ -456,25 +347,14 @@ class Worker(threading.Thread):
             if v != b"%d" % self.last:
                 self.flag("counter_get", "get %s = %r right after incr replied %d"
                           % (self.key.decode(), v, self.last))
-        return True
+        return None
 
-    def run(self):
-        step = self.step_incr if self.kind == "incr" else self.step_setget
-        prev_t = mono()
+    def after_run(self):
         try:
-            while not self.stop.is_set():
-                if not step():
-                    break
-                t = mono()
-                if t - prev_t > self.max_gap:
-                    self.max_gap, self.max_gap_at = t - prev_t, (self.count, prev_t)
-                prev_t = self.t_last = t
-        except ConnLost as e:
-            self.error = "conn %d (%s, after %d acknowledged ops): %s" % (
-                self.idx, self.kind, self.count, e)
-        except Exception as e:      # McError, protocol garbage
-            self.error = "conn %d (%s, after %d acknowledged ops): %r" % (
-                self.idx, self.kind, self.count, e)
+            self.conn.version()
+        except (ConnLost, McError) as e:
+            return "version after the run: %s" % e
+        return None
 
 
 def verify_data(port, workers, stall):
@@ -528,124 +408,6 @@ def verify_data(port, workers, stall):
     return problems
 
 
-def phase_checker(ctx, kills, mode="normal"):
-    """mode: normal | sabotage | kill-native.  Returns a list of (kind, msg)."""
-    a = ctx.args
-    label = "checker" if mode == "normal" else "checker-" + mode
-    srv = ctx.server(label + "-server")
-    problems, workers, stop = [], [], threading.Event()
-    try:
-        srv.start(timeout=a.start_timeout)
-        pid0 = srv.primary_pid()
-        for i in range(a.incr_conns):
-            workers.append(Worker(i, "incr", srv.port, stop, a.stall))
-        for i in range(a.incr_conns, a.incr_conns + a.setget_conns):
-            workers.append(Worker(i, "setget", srv.port, stop, a.stall))
-        t0 = mono()
-        for w in workers:
-            w.start()
-        log("%s: %d INCR + %d SET/GET connections running" % (label, a.incr_conns,
-                                                               a.setget_conns))
-
-        def running():
-            return all(w.is_alive() for w in workers)
-
-        if mode == "kill-native":
-            time.sleep(ctx.rng.uniform(0.5, 1.0))
-            pid, _ = srv.kill_primary()
-            log("%s: SIGKILLed native memcached pid %d" % (label, pid))
-            end = mono() + a.stall + 5
-            while any(w.is_alive() for w in workers) and mono() < end:
-                time.sleep(0.02)
-            stop.set()
-            errs = [w for w in workers if w.error]
-            if len(errs) != len(workers):
-                problems.append(("selfcheck", "SELF-CHECK: only %d of %d connections reported an"
-                                 " error after the server was SIGKILLed" % (len(errs), len(workers))))
-            else:
-                log("%s: good, all %d connections detected the kill, e.g. %s"
-                    % (label, len(errs), errs[0].error))
-            problems += [("cleanup", p) for p in finish(srv, expect_dead=True)]
-            return problems
-
-        if mode == "sabotage":
-            # behind the checker's back: one extra incr, and delete an acked key
-            sw = [w for w in workers if w.kind == "setget"]
-            end = mono() + 10
-            while mono() < end and running() and not (
-                    all(w.count > 2 for w in workers)):
-                time.sleep(0.01)
-            side = Mc(srv.port, timeout=a.stall)
-            if a.incr_conns:
-                side.incr(workers[0].key)
-            if sw:
-                side.delete(b"k:%d:0" % sw[0].idx)
-                side.set(b"k:%d:1" % sw[-1].idx, b"tampered")
-            side.close()
-            log("%s: sabotage done (extra incr, delete of an acknowledged key, overwrite of"
-                " another)" % label)
-
-        p, killed = do_kills(ctx, srv, kills, running,
-                             "a checker connection stopped (see its error)")
-        problems += [("kill", x) for x in p]
-
-        # every connection must make progress after the last failover
-        t_mark = mono()
-        end = t_mark + a.stall
-        while running() and mono() < end and not all(
-                w.t_last is not None and w.t_last > t_mark for w in workers):
-            time.sleep(0.01)
-        stuck = [w.idx for w in workers if w.error is None and
-                 (w.t_last is None or w.t_last <= t_mark)]
-        if stuck:
-            problems.append(("no_progress", "connection(s) %s made no progress in the %.0fs"
-                             " after the last failover" % (stuck, a.stall)))
-        end = max(mono() + (a.post_seconds if kills else 0.0), t0 + a.duration)
-        while running() and mono() < end:
-            time.sleep(0.01)
-        stop.set()
-        for w in workers:
-            w.join(a.stall + 5)
-            if w.is_alive():
-                problems.append(("hang", "conn %d (%s) still blocked after stop" % (w.idx, w.kind)))
-        for w in workers:
-            gap_op, gap_t = w.max_gap_at or (0, t0)
-            log("%s: conn %d %-6s %6d ops%s, longest gap between replies %.0f ms (op #%d,"
-                " from t=%.2fs%s)%s"
-                % (label, w.idx, w.kind, w.count,
-                   " (last %d)" % w.last if w.kind == "incr" else "",
-                   w.max_gap * 1000, gap_op, gap_t - t0,
-                   "".join(", kill at t=%.2fs" % (k - t0) for k in srv.kill_times),
-                   " ERROR " + w.error if w.error else ""))
-            if w.error:
-                problems.append(("conn_error", w.error))
-            problems += w.bad
-        if not any(k in ("conn_error", "hang", "bad_reply") for k, _ in problems):
-            for w in workers:       # the old connections survive the failover(s)
-                try:
-                    w.conn.version()
-                except (ConnLost, McError) as e:
-                    problems.append(("conn_error", "conn %d: version after the run: %s"
-                                     % (w.idx, e)))
-            vp = verify_data(srv.port, workers, a.stall)
-            problems += vp
-            log("%s: read back %d acknowledged SETs and %d counter(s) via a new connection: %s"
-                % (label, sum(w.count for w in workers if w.kind == "setget"),
-                   a.incr_conns, "%d problem(s)" % len(vp) if vp else "all present and exact"))
-        problems += [("status", x) for x in check_final_status(srv, kills, pid0, killed)]
-    except StartError as e:
-        problems.append(("error", str(e)))
-    except (RuntimeError, ConnLost, McError) as e:
-        problems.append(("error", str(e)))
-        problems += [("understudy", x) for x in understudy_check(srv, "by then")]
-    finally:
-        stop.set()
-        for w in workers:
-            w.conn.close()
-        problems += [("cleanup", p) for p in finish(srv)]
-    return problems
-
-
 # --------------------------------------------------------------------------
 
 def scanner_selfcheck():
@@ -687,27 +449,16 @@ def main():
     if missing:
         print("SKIP: %s not found in PATH (Debian: memcached, libmemcached-tools)"
               % ", ".join(missing))
-        return SKIP
-    us = None
-    if not a.native:
-        us = os.environ.get("UNDERSTUDY")
-        if not us:
-            print("SKIP: $UNDERSTUDY is not set (use --native for a plain memcached)")
-            return SKIP
-        if not (os.path.isfile(us) and os.access(us, os.X_OK)):
-            print("FAIL: $UNDERSTUDY=%s is not an executable file" % us)
-            return FAIL
-        us = os.path.abspath(us)
-    if a.seed is None:
-        a.seed = random.randrange(1 << 30)
-    install_fatal_handlers()
-    install_deadline(a.timeout)
+        return fc.SKIP
+    us, status = fc.understudy_from_env(a.native, "memcached")
+    if status is not None:
+        return status
     ctx = Ctx(a, us)
     log("seed %d, %s, memcached -t %d, kills %d" % (
         a.seed, "native" if a.native else "understudy %s --replicas %d" % (us, a.replicas),
         a.threads, a.kills))
-    failed = []
-    try:
+
+    def phases(failed):
         if a.native or a.capable:
             log("=== memccapable")
             failed += ["(memccapable) " + x for x in phase_capable(ctx)]
@@ -717,46 +468,21 @@ def main():
                 failed += ["(a) " + x for x in phase_slap(ctx, a.kills)]
             if "b" in a.phases:
                 log("=== phase (b): SET/GET/INCR checker with %d kill(s)" % a.kills)
-                failed += ["(b) [%s] %s" % kv for kv in phase_checker(ctx, a.kills)]
+                failed += ["(b) [%s] %s" % kv for kv in fc.phase_checker(ctx, a.kills)]
         if a.native and not a.no_self_check:
             log("=== self-check: the checks must catch a broken server, a dead server and"
                 " lost/extra writes")
             failed += ["(self-check scanner) " + x for x in scanner_selfcheck()]
             failed += ["(self-check memccapable) " + x for x in phase_capable(ctx, sabotage=True)]
             failed += ["(self-check a) " + x for x in phase_slap(ctx, 0, kill_native=True)]
-            p = phase_checker(ctx, 0, mode="kill-native")
+            p = fc.phase_checker(ctx, 0, mode="kill-native")
             failed += ["(self-check b) [%s] %s" % kv for kv in p]
-            p = phase_checker(ctx, 0, mode="sabotage")
-            kinds = {k for k, _ in p}
+            p = fc.phase_checker(ctx, 0, mode="sabotage")
             need = ({"missing_key", "items", "wrong_value"} if a.setget_conns else set()) | \
                 ({"incr_seq"} if a.incr_conns else set())
-            if need - kinds:
-                failed.append("(self-check sabotage) the checker did not flag %s; got: %s"
-                              % (sorted(need - kinds), p))
-            else:
-                log("checker-sabotage: good, flagged %s" % sorted(kinds))
-            other = [kv for kv in p if kv[0] not in need | {"counter_final", "counter_get"}]
-            failed += ["(self-check sabotage) unexpected [%s] %s" % kv for kv in other]
-    except Deadline as e:
-        failed.append(str(e))
-    except SystemExit as e:
-        failed.append("interrupted (signal %s)" % (e.code - 128 if isinstance(e.code, int)
-                                                   else e.code))
-    finally:
-        signal.alarm(0)
-        for s in ctx.servers:
-            s.cleanup()
-        left = ctx.tracker.alive()
-        ctx.tracker.close()
-        if left:
-            failed.append("processes left behind (now killed): %s" % left)
-    if failed:
-        print("FAIL (seed %d):" % a.seed)
-        for f in failed:
-            print("  - " + f.replace("\n", "\n    "))
-        return FAIL
-    print("PASS (seed %d)" % a.seed)
-    return PASS
+            failed += fc.judge_sabotage(p, need, {"counter_final", "counter_get"})
+
+    return fc.run(ctx, phases)
 
 
 if __name__ == "__main__":
