@@ -19,11 +19,14 @@ us_install_deps() {
     # demo and benchmarks use their own ports.
 }
 
+# us_build TOP [DIR [CMAKE_ARGS...]]: configures and builds into TOP/DIR
+# (default build/), e.g. us_build "$top" build-asan -DUS_SANITIZE=ON.
 us_build() {
-    local top=$1 log
+    local top=$1 dir=${2:-build} log
+    shift $(($# < 2 ? $# : 2))
     log=$(mktemp)
-    if ! { cmake -S "$top" -B "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-           cmake --build "$top/build" -j"$(nproc)"; } >"$log" 2>&1; then
+    if ! { cmake -S "$top" -B "$top/$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" &&
+           cmake --build "$top/$dir" -j"$(nproc)"; } >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
         echo "understudy: the build failed" >&2
