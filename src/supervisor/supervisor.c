@@ -738,7 +738,9 @@ int us_run(struct us_run_options *opt)
         if (!left)
             break;
         reap(s);
-        usleep(1000);
+        /* status still answers while backups finish */
+        if (poll(&(struct pollfd){s->listen_fd, POLLIN, 0}, 1, 1) == 1)
+            us_control_serve(s);
         uint64_t now = backups_replayed(s);
         if (now != replayed) {
             replayed = now;
