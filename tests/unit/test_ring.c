@@ -967,6 +967,61 @@ static void test_backpressure_max_lag(void **state)
     assert_int_equal(p.published, 12);
 }
 
+/* A producer that publishes 16 records every millisecond. */
+static void *trickle_main(void *arg)
+{
+    struct producer *p = arg;
+    struct us_log *log = &p->fx->log;
+    struct us_ring_ctl *c = &log->hdr->ring[p->ring];
+    for (uint64_t i = 0; i < p->count && !LOAD(&p->fx->stop); i++) {
+        STORE(&p->attempted, i + 1);
+        uint64_t seq = c->head_seq + 1;
+        uint32_t len = rec_len(&p->ls, seq);
+        struct us_event *ev = us_ring_reserve(log, p->ring, p->self, len);
+        fill_record(ev, seq, len);
+        us_ring_publish(log, p->ring, ev, len);
+        STORE(&p->published, i + 1);
+        if ((i & 15) == 15) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    STORE(&p->done, 1);
+    return NULL;
+}
+
+/* max_lag_ns bounds in time what a backup may leave unreplayed: with 30 ms,
+ * a producer of 16 records a millisecond, which no one consumes, stops long
+ * before its 4000 records (the event bound is far away), stays stopped, and
+ * goes on once the backup has caught up. */
+static void test_backpressure_time(void **state)
+{
+    struct fx *fx = *state;
+    struct us_log *log = &fx->log;
+    int ok;
+    log->hdr->max_lag_events = BIG_LAG;
+    log->hdr->max_lag_ns = 30000000;
+    struct producer p = {.fx = fx, .ring = 0, .self = 0, .count = 4000, .ls = {.fixed = 8}};
+    int t = start_thread(fx, trickle_main, &p);
+    uint64_t last = 0;
+    for (int tries = 0; tries < 50; tries++) { /* until it has stood still for 100 ms */
+        last = LOAD(&p.published);
+        STAYS(ok, LOAD(&p.published) == last, 100);
+        if (ok && LOAD(&p.attempted) > last)
+            break;
+        ok = 0;
+    }
+    assert_true(ok);
+    assert_false(LOAD(&p.done));
+    /* about 30 ms of records, give or take the stamps' spacing */
+    assert_true(last >= 64 && last < 2000);
+    unsigned slot = 1;
+    uint64_t next = 1;
+    drain_slots(fx, 0, &slot, 1, &next, 4000, &p.ls, 20000);
+    join_thread(fx, t);
+    assert_int_equal(p.published, 4000);
+}
+
 /* The producer waits for the slowest live consumer, not the fastest. */
 static void test_backpressure_slowest_consumer(void **state)
 {
@@ -1413,6 +1468,7 @@ int main(void)
         T(test_max_payload_across_wraps),
         T(test_backpressure_ring_full),
         T(test_backpressure_pad_needs_room),
+        T(test_backpressure_time),
         TP(test_backpressure_max_lag, US_REPLICA_RUNNING),
         TP(test_backpressure_max_lag, US_REPLICA_STARTING),
         TP(test_backpressure_max_lag, US_REPLICA_PROMOTING),
