@@ -2,7 +2,8 @@
 """Failure campaign: random faults into random replicas of real servers
 under load, with exact client-side checks after every fault.
 
-  campaign.py [--faults N] [--seed S] [--programs redis,echo,time_random,stdio_append]
+  campaign.py [--faults N] [--seed S]
+              [--programs redis,memcached,echo,time_random,stdio_append,mt_ledger]
               [--json FILE] [--pause-bound-ms MS] [--min-backups K] [--timeout S] ...
 
 Each round picks a program and starts it as
@@ -26,18 +27,38 @@ injects faults with `understudy inject` at random moments into random replicas:
                                 understudy's own survival is asserted; data
                                 checks are reported for information
 
-Clients and checks (the invariants of tests/redis/redis_failover.py and of the
-tests/apps drivers, whose App classes are reused as they are):
+Clients and checks (the invariants of tests/redis/redis_failover.py,
+tests/memcached/memcached_test.py and the tests/apps drivers, whose App
+classes are reused as they are):
   redis         2 connections INCR one shared key (each reply above the last on
                 that connection; over all connections the replies are exactly
                 1..N and the key ends at N), 3 connections SET unique keys (every
                 acknowledged SET readable with its value, nothing else in the
                 database: DBSIZE exact)
+  memcached     `memcached -t 4 -o no_lru_maintainer,no_lru_crawler` (its LRU
+                threads race on the clock variable: not replicable), through
+                memcached_harness.Mc: 2 connections incr their own counter
+                (every reply exactly the last + 1: no gap, no repeat; a get
+                every 64), 2 connections incr one shared counter (as Redis's
+                INCR), 3 connections (and the churn client) set unique keys
+                with memcached_test's values (binary, some 8-40 KB, flags)
+                and get each back in the same write; after each fault and at
+                the end every acknowledged set is read back with its value and
+                flags, the next key was never stored, the counters equal their
+                last acknowledged value, and the number of items stored (`stats
+                slabs`: chunks in use; plain `stats` is not replicable: it reads
+                other threads' variables without their lock) is exact
   echo          every reply byte-exact; no extra byte after the last reply
   time_random   per-connection seq without gap or repeat; at the end of the
                 round the server's running hash is recomputed from all replies
   stdio_append  every acknowledged token in the file exactly once, at the line
                 its "OK k" named
+  mt_ledger     (multithreaded: a thread per connection, accounts under
+                mutexes, a logger thread) every reply's sequence number given
+                once; at the end of the round the replies of all connections
+                are one serial history (numbers 1..N, replaying the requests
+                in that order gives every reply seen) and, after SIGTERM, the
+                journal file is that history line for line
 After each fault: no acknowledged write lost, no effect applied twice, no
 reset/EOF/stall on any connection, every connection makes progress, and the
 longest gap between consecutive replies around the fault is below
@@ -50,13 +71,15 @@ left) and a new run starts with fresh replicas. A round also ends after a
 bitflip (the flipped replica is tainted).
 
 Prints a table per fault kind: injected, survived, divergences detected, lost
-writes, duplicated effects, resets (these three must be 0), worst pause.
+writes, duplicated effects, resets (these three must be 0), worst pause; the
+same per program; and where the bit flips went and what they did.
 The seed is printed; --seed S repeats the same programs, fault kinds, target
 replicas, bitflip addresses and delays (not the servers' own timing).
 --self-check instead sabotages a few rounds behind the clients' back (a key
 deleted, an extra INCR, a line appended twice, an extra request, the primary
-frozen for 1.3 s, the whole service killed) and passes only if every one of
-them is flagged.
+frozen for 1.3 s, the whole service killed, a journal line removed; for
+every program) and passes only if every one of them is flagged and would
+have made the campaign fail (the must-be-zero count non-zero).
 Exit status: 0 pass, 1 fail (a must-be-zero count or a survival check), 77
 skip ($UNDERSTUDY not an executable). Every process started is killed by pid
 (and process group) on exit, on failure, on Ctrl-C and at the --timeout.
@@ -82,12 +105,15 @@ import types
 sys.dont_write_bytecode = True  # keep the source tree clean
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TESTS = os.path.dirname(_HERE)
-for _d in ("lib", "redis", "apps"):
+for _d in ("lib", "redis", "memcached", "apps"):
     sys.path.insert(0, os.path.join(_TESTS, _d))
 
 import us_harness as uh  # noqa: E402
 import redis_harness as rh  # noqa: E402
+import memcached_harness as mh  # noqa: E402
+from memcached_test import value_for as mc_value_for  # noqa: E402
 import test_echo  # noqa: E402
+import test_mt_ledger  # noqa: E402
 import test_stdio_append  # noqa: E402
 import test_time_random  # noqa: E402
 
@@ -96,9 +122,15 @@ mono = time.monotonic
 
 KINDS = ["crash-primary", "crash-backup", "hang-primary", "hang-backup",
          "bitflip-backup", "bitflip-primary"]
-PROGRAMS = ["redis", "echo", "time_random", "stdio_append"]
+PROGRAMS = ["redis", "memcached", "echo", "time_random", "stdio_append", "mt_ledger"]
 APP_BINARIES = {"echo": "echo_server", "time_random": "time_random_server",
-                "stdio_append": "stdio_append_server"}
+                "stdio_append": "stdio_append_server", "mt_ledger": "mt_ledger_server"}
+APP_CLASSES = {"echo": test_echo.Echo, "time_random": test_time_random.TimeRandom,
+               "stdio_append": test_stdio_append.StdioAppend,
+               "mt_ledger": test_mt_ledger.Ledger}
+# Programs started through redis_harness.Server (a subclass for memcached);
+# the others are tests/apps servers started through us_harness.Server.
+SERVER_PROGRAMS = ("redis", "memcached")
 
 # Problem categories. The first three are counted in the table and must be 0
 # (except for bitflip-primary, where only "survival" fails the campaign).
@@ -108,6 +140,17 @@ FAILING = set(COUNTED) | {"stall", "pause", "corrupt", "survival", "divergence"}
 REDIS_INCR_CONNS = 2
 REDIS_SET_CONNS = 3
 REDIS_COUNTER = "campaign:counter"
+# memcached -t 4 without the LRU maintainer and crawler threads: they decide
+# from memcached's clock variable, which the main thread writes without
+# synchronisation (a data race record mode cannot replay); the tests in
+# tests/memcached use the same options.
+MEMCACHED_THREADS = 4
+MEMCACHED_ARGS = ["-o", "no_lru_maintainer,no_lru_crawler"]
+MEMCACHED_MB = 256
+MC_OWN_INCR_CONNS = 2       # each INCRs its own counter: replies exactly +1 each time
+MC_SHARED_INCR_CONNS = 2    # INCR one shared counter: replies 1..N over all, each once
+MC_SET_CONNS = 3            # SET unique keys, GET each back in the same write
+MC_SHARED_COUNTER = b"campaign:shared"
 APP_CLIENTS = 4
 APP_WINDOW = 8
 
@@ -137,25 +180,29 @@ class ConnStats:
         return self.times[-1] if self.times else None
 
 
-def max_gap(times, t0, t1, now):
-    """Longest gap between consecutive replies among the gaps that overlap
-    [t0, t1]; a gap still open at `now` counts up to now."""
+def max_gap_at(times, t0, t1, now):
+    """(longest gap between consecutive replies among the gaps that overlap
+    [t0, t1], the time it began); a gap still open at `now` counts up to now."""
     n = len(times)
     i = bisect.bisect_left(times, t0, 0, n)
     prev = times[i - 1] if i > 0 else None
-    best = 0.0
+    best, start = 0.0, None
     j = i
     while j < n:
         t = times[j]
-        if prev is not None:
-            best = max(best, t - prev)
+        if prev is not None and t - prev > best:
+            best, start = t - prev, prev
         if t > t1:
-            return best
+            return best, start
         prev = t
         j += 1
-    if prev is not None:
-        best = max(best, now - prev)
-    return best
+    if prev is not None and now - prev > best:
+        best, start = now - prev, prev
+    return best, start
+
+
+def max_gap(times, t0, t1, now):
+    return max_gap_at(times, t0, t1, now)[0]
 
 
 def gaps_within(times, t0, t1):
@@ -167,6 +214,101 @@ def gaps_within(times, t0, t1):
     for k in range(i + 1, j):
         best = max(best, times[k] - times[k - 1])
     return best
+
+
+_BEAT_CHILD = """
+import sys, time
+while True:
+    sys.stdout.write("%.6f\\n" % time.monotonic())
+    sys.stdout.flush()
+    time.sleep(0.005)
+"""
+
+
+def _steal_ticks():
+    """CPU time stolen from this (virtual) machine by its host, in clock
+    ticks over all CPUs (/proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+class Heartbeat:
+    """Whether the campaign itself, or the whole machine, was frozen while
+    the clients saw a pause: a thread of this process and a separate process
+    each note the time every 5 ms, and /proc/stat's steal time is sampled
+    every 100 ms. Only reported, next to a pause over the bound."""
+
+    KEEP = 120.0    # seconds of history
+
+    def __init__(self, tracker):
+        self.lock = threading.Lock()
+        self.inproc, self.child, self.steal = [], [], []
+        self.proc = None
+        try:
+            self.proc = rh.spawn([sys.executable, "-c", _BEAT_CHILD], tracker, "heartbeat",
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            pass
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        if self.proc is not None:
+            threading.Thread(target=self._read, name="heartbeat-reader", daemon=True).start()
+
+    def _trim(self, lst, now):
+        if len(lst) > 4096 and lst[0] < now - self.KEEP:
+            del lst[:bisect.bisect_left(lst, now - self.KEEP)]
+
+    def _beat(self):
+        n = 0
+        while True:
+            t = mono()
+            with self.lock:
+                self.inproc.append(t)
+                self._trim(self.inproc, t)
+                if n % 10 == 0:
+                    st = _steal_ticks()
+                    if st is not None:
+                        self.steal.append((t, st))
+                        if len(self.steal) > 2400:
+                            del self.steal[:1200]
+            n += 1
+            time.sleep(0.005)
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                t = float(line)
+            except ValueError:
+                continue
+            with self.lock:
+                self.child.append(t)
+                self._trim(self.child, t)
+
+    def report(self, t0, t1):
+        """What the heartbeats saw over [t0, t1], as text."""
+        now = mono()
+        with self.lock:
+            a = max_gap(self.inproc, t0, t1, now)
+            b = max_gap(self.child, t0, t1, now) if self.child else None
+            before = [st for t, st in self.steal if t <= t0]
+            after = [st for t, st in self.steal if t >= t1]
+        if not after:           # the pause ended a moment ago: until now
+            st = _steal_ticks()
+            after = [st] if st is not None else []
+        steal = (after[0] - before[-1]) * 1000.0 / self.hz if before and after else None
+        return ("this process's heartbeat thread: longest gap %.0f ms; a separate heartbeat"
+                " process: %s; CPU time stolen by the host: %s"
+                % (a * 1000, "longest gap %.0f ms" % (b * 1000) if b is not None else "none",
+                   "%.0f ms" % steal if steal is not None else "unknown"))
+
+    def close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def loadavg():
@@ -240,13 +382,15 @@ class Workload:
         of every connection)."""
         now = mono()
         best, who, each = 0.0, None, {}
+        self.pause_start = None
         for c in self.conns:
             if not c.times and c.error:
                 continue
-            g = max_gap(c.times, t0, t1, now if c.error is None and not c.finished else t1)
+            g, start = max_gap_at(c.times, t0, t1,
+                                  now if c.error is None and not c.finished else t1)
             each[c.name] = g
             if g > best:
-                best, who = g, c.name
+                best, who, self.pause_start = g, c.name, start
         return best, who, each
 
     def baseline(self, t0, t1):
@@ -525,6 +669,334 @@ class RedisWorkload(Workload):
 
 
 # --------------------------------------------------------------------------
+# memcached: SETs of unique keys (each read back in the same write), INCR of
+# per-connection counters and of one shared counter, from several
+# connections; memcached_harness.Mc is the client
+
+
+def _mc_failed(wl, cs, e, what):
+    """Reports what ended a memcached client connection."""
+    if isinstance(e, rh.ConnLost):
+        cat = classify_connlost(str(e))
+        cs.error = (cat, "%s after %s: %s" % (cs.name, what, e))
+    else:                   # McError (a reply of the wrong kind), garbage
+        cat = "corrupt"
+        cs.error = (cat, "%s after %s: %r" % (cs.name, what, e))
+    wl.problem(cat, cs.error[1])
+
+
+class MemcachedWorkload(Workload):
+    def __init__(self, port, rng, io_timeout):
+        super().__init__(port, rng, io_timeout)
+        self.salt = rng.randrange(1 << 30)
+        self.set_count = {}      # conn idx -> acknowledged SETs (keys 0..n-1)
+        self.own_last = {}       # conn idx -> last reply of its own counter's INCR
+        self.own_count = {}      # conn idx -> acknowledged INCRs of its own counter
+        self.shared_vals = {}    # conn idx -> replies to INCR of the shared counter
+        self.mc = {}
+        setup = mh.Mc(port, timeout=io_timeout)
+        try:
+            keys = [MC_SHARED_COUNTER] + [self.counter(i) for i in range(MC_OWN_INCR_CONNS)]
+            for k in keys:
+                r = setup.set(k, b"0")
+                if r != b"STORED":
+                    raise mh.McError("set %s 0 replied %r" % (k.decode(), r))
+        finally:
+            setup.close()
+        n = 0
+        for kind, count, target in (("own-incr", MC_OWN_INCR_CONNS, self._own_incr_loop),
+                                    ("shared-incr", MC_SHARED_INCR_CONNS,
+                                     self._shared_incr_loop),
+                                    ("set+get", MC_SET_CONNS, self._set_loop)):
+            for _ in range(count):
+                i = n
+                n += 1
+                cs = ConnStats("memcached conn %d (%s)" % (i, kind))
+                self.conns.append(cs)
+                conn = mh.Mc(port, timeout=io_timeout)  # connected before any fault
+                self.mc[i] = conn
+                self.socks.append(conn.sock)
+                if kind == "own-incr":
+                    self.own_last[i] = 0
+                    self.own_count[i] = 0
+                elif kind == "shared-incr":
+                    self.shared_vals[i] = []
+                else:
+                    self.set_count[i] = 0
+                self.threads.append(threading.Thread(target=target, args=(i, cs, conn),
+                                                     name="mc-%s-%d" % (kind, i), daemon=True))
+        cs = ConnStats("memcached churn client (set+get)")
+        self.conns.append(cs)
+        self.set_count[n] = 0
+        self.threads.append(threading.Thread(target=self._churn_loop, args=(n, cs),
+                                             name="mc-churn", daemon=True))
+
+    @staticmethod
+    def counter(i):
+        return b"campaign:counter:%d" % i
+
+    @staticmethod
+    def key(i, n):
+        return b"k:%d:%d" % (i, n)
+
+    def value(self, i, n):
+        """(value, flags) of key k:i:n: memcached_test's (binary, CR LF and
+        NUL included, 1..700 bytes, every 61st 8-40 KB), salted per round."""
+        v, flags = mc_value_for(i, n)
+        return b"%d|" % self.salt + v, flags
+
+    def _own_incr_loop(self, i, cs, conn):
+        key = self.counter(i)
+        try:
+            while not self.stop_ev.is_set():
+                r = conn.incr(key)
+                cs.times.append(mono())
+                if not isinstance(r, int):
+                    cs.error = ("corrupt", "%s: incr %s replied %r" % (cs.name, key.decode(), r))
+                    self.problem("corrupt", cs.error[1])
+                    return
+                last = self.own_last[i]
+                if r <= last:
+                    # the counter went back: acknowledged increments were lost
+                    self.problem("lost", "%s: incr %s replied %d after %d (expected %d)"
+                                 % (cs.name, key.decode(), r, last, last + 1), last + 1 - r)
+                elif r > last + 1:
+                    # increments nobody was told of: applied twice
+                    self.problem("dup", "%s: incr %s replied %d after %d (expected %d)"
+                                 % (cs.name, key.decode(), r, last, last + 1), r - last - 1)
+                self.own_last[i] = r
+                self.own_count[i] += 1
+                if self.own_count[i] % 64 == 0:
+                    v = conn.get(key)
+                    cs.times.append(mono())
+                    if v != b"%d" % r:
+                        self.problem("lost" if v is None else "corrupt",
+                                     "%s: get %s = %r right after incr replied %d"
+                                     % (cs.name, key.decode(), v, r))
+        except Exception as e:
+            _mc_failed(self, cs, e, "%d incr(s)" % self.own_count[i])
+
+    def _shared_incr_loop(self, i, cs, conn):
+        vals = self.shared_vals[i]
+        try:
+            while not self.stop_ev.is_set():
+                r = conn.incr(MC_SHARED_COUNTER)
+                cs.times.append(mono())
+                if not isinstance(r, int):
+                    cs.error = ("corrupt", "%s: incr %s replied %r"
+                                % (cs.name, MC_SHARED_COUNTER.decode(), r))
+                    self.problem("corrupt", cs.error[1])
+                    return
+                last = vals[-1] if vals else 0
+                if r <= last:
+                    self.problem("lost", "%s: incr %s replied %d after %d on this connection"
+                                 % (cs.name, MC_SHARED_COUNTER.decode(), r, last), last - r + 1)
+                vals.append(r)
+        except Exception as e:
+            _mc_failed(self, cs, e, "%d incr(s)" % len(vals))
+
+    def _set_one(self, i, cs, conn):
+        """SET of connection i's next key and a GET of it, in one write;
+        False if a reply was wrong (already reported)."""
+        n = self.set_count[i]
+        key = self.key(i, n)
+        val, flags = self.value(i, n)
+        conn.send_raw(mh.Mc.set_cmd(key, val, flags) + mh.Mc.get_cmd(key))
+        r = conn.storage_reply()
+        cs.times.append(mono())
+        if r != b"STORED":
+            cs.error = ("corrupt", "%s: set %s replied %r" % (cs.name, key.decode(), r))
+            self.problem("corrupt", cs.error[1])
+            return False
+        self.set_count[i] = n + 1
+        got = conn.values()
+        cs.times.append(mono())
+        if got != {key: (flags, val)}:
+            cat = "lost" if key not in got else "corrupt"
+            cs.error = (cat, "%s: get %s right after its acknowledged set returned %s"
+                        % (cs.name, key.decode(),
+                           {k: (f, len(v)) for k, (f, v) in got.items()} or "nothing"))
+            self.problem(cat, cs.error[1])
+            return False
+        return True
+
+    def _set_loop(self, i, cs, conn):
+        try:
+            while not self.stop_ev.is_set():
+                if not self._set_one(i, cs, conn):
+                    return
+        except Exception as e:
+            _mc_failed(self, cs, e, "%d set(s)" % self.set_count[i])
+
+    def _churn_loop(self, i, cs):
+        """Short connections: connect, 1-4 SET+GETs, close; so that faults
+        also land on accept() and close() (of memcached's listener thread
+        and its worker threads)."""
+        rng = random.Random(self.salt + i)
+        try:
+            while not self.stop_ev.is_set():
+                conn = mh.Mc(self.port, timeout=self.io_timeout)
+                try:
+                    for _ in range(rng.randint(1, 4)):
+                        if not self._set_one(i, cs, conn):
+                            return
+                finally:
+                    conn.close()
+                self.stop_ev.wait(0.03)
+        except Exception as e:
+            _mc_failed(self, cs, e, "%d set(s)" % self.set_count[i])
+
+    def _check_sets(self, c, counts):
+        out = []
+        for i, cnt in counts.items():
+            missing, wrong = [], []
+            for lo in range(0, cnt, 100):
+                idx = range(lo, min(cnt, lo + 100))
+                got = c.get_multi([self.key(i, n) for n in idx])
+                for n in idx:
+                    k = self.key(i, n)
+                    val, flags = self.value(i, n)
+                    if k not in got:
+                        missing.append(n)
+                    elif got[k] != (flags, val):
+                        wrong.append((n, got[k][0], len(got[k][1])))
+            if missing:
+                out.append(("lost", len(missing), "conn %d: %d acknowledged set(s) missing, e.g. %s"
+                            % (i, len(missing), [self.key(i, n).decode() for n in missing[:5]])))
+            if wrong:
+                out.append(("corrupt", len(wrong), "conn %d: %d key(s) with a wrong value or"
+                            " flags, e.g. (n, flags, length) %s" % (i, len(wrong), wrong[:3])))
+        return out
+
+    def _check_shared_distinct(self, snapshot):
+        allv = [v for vals in snapshot.values() for v in vals]
+        repeated = len(allv) - len(set(allv))
+        if repeated:
+            seen, rep = set(), []
+            for v in allv:
+                if v in seen:
+                    rep.append(v)
+                seen.add(v)
+            return [("lost", repeated, "incr %s returned the same value twice on different"
+                     " connections %d time(s) (an acknowledged increment was lost), e.g. %s"
+                     % (MC_SHARED_COUNTER.decode(), repeated, rep[:5]))]
+        return []
+
+    def midcheck(self):
+        counts = dict(self.set_count)
+        snap = {i: list(v) for i, v in self.shared_vals.items()}
+        out = self._check_shared_distinct(snap)
+        try:
+            c = mh.Mc(self.port, timeout=self.io_timeout)
+            try:
+                out += self._check_sets(c, counts)
+            finally:
+                c.close()
+        except (rh.ConnLost, mh.McError) as e:
+            out.append((classify_connlost(str(e)) if isinstance(e, rh.ConnLost) else "corrupt",
+                        1, "read-back connection: %s" % e))
+        return out
+
+    def final_check(self):
+        """Clients stopped: everything must be exact."""
+        out = []
+        for i, conn in self.mc.items():
+            cs = self.conns[i]
+            if cs.error:
+                continue
+            try:
+                conn.version()      # the long-lived connections survived every fault
+            except (rh.ConnLost, mh.McError) as e:
+                out.append((classify_connlost(str(e)) if isinstance(e, rh.ConnLost)
+                            else "corrupt", 1, "%s: version after the round: %s" % (cs.name, e)))
+        snap = {i: list(v) for i, v in self.shared_vals.items()}
+        out += self._check_shared_distinct(snap)
+        allv = [v for vals in snap.values() for v in vals]
+        try:
+            c = mh.Mc(self.port, timeout=self.io_timeout)
+            try:
+                counts = dict(self.set_count)
+                out += self._check_sets(c, counts)
+                for i, cnt in counts.items():
+                    if c.get_multi([self.key(i, cnt)]):
+                        out.append(("dup", 1, "%s exists but was never acknowledged"
+                                    % self.key(i, cnt).decode()))
+                for i, last in self.own_last.items():
+                    v = c.get(self.counter(i))
+                    if v is None or not v.isdigit():
+                        out.append(("lost", 1, "get %s = %r after the round (last incr replied"
+                                    " %d)" % (self.counter(i).decode(), v, last)))
+                    elif int(v) > last:
+                        out.append(("dup", int(v) - last, "counter %s is %s, the last"
+                                    " acknowledged incr returned %d"
+                                    % (self.counter(i).decode(), v.decode(), last)))
+                    elif int(v) < last:
+                        out.append(("lost", last - int(v), "counter %s is %s, but an incr was"
+                                    " acknowledged with %d"
+                                    % (self.counter(i).decode(), v.decode(), last)))
+                v = c.get(MC_SHARED_COUNTER)
+                final = int(v) if v is not None and v.isdigit() else None
+                top = max(allv) if allv else 0
+                distinct = len(set(allv))
+                if final is None:
+                    out.append(("lost", 1, "get %s = %r after the round"
+                                % (MC_SHARED_COUNTER.decode(), v)))
+                elif top > distinct and top - distinct > max(distinct, 1000):
+                    out.append(("corrupt", 1, "incr %s replies reach %d with only %d distinct"
+                                " values acknowledged" % (MC_SHARED_COUNTER.decode(), top,
+                                                          distinct)))
+                elif top > distinct:
+                    out.append(("dup", top - distinct, "incr %s replies reach %d but only %d"
+                                " distinct values were acknowledged: %d increment(s) applied"
+                                " without a reply (applied twice)"
+                                % (MC_SHARED_COUNTER.decode(), top, distinct, top - distinct)))
+                if final is not None:
+                    if abs(final - top) > max(top, len(allv), 1000):
+                        out.append(("corrupt", 1, "shared counter is %d, the last acknowledged"
+                                    " incr returned %d" % (final, top)))
+                    elif final > top:
+                        out.append(("dup", final - top, "shared counter is %d, the last"
+                                    " acknowledged incr returned %d" % (final, top)))
+                    elif final < top:
+                        out.append(("lost", top - final, "shared counter is %d, but an incr"
+                                    " was acknowledged with %d" % (final, top)))
+                # The items stored, from `stats slabs` (the chunks in use,
+                # one per item): plain `stats` cannot be used here, memcached
+                # computes some of its figures from other threads' variables
+                # without their lock (read_buf_* from each worker's read
+                # buffer cache, uptime from the clock variable), so a backup
+                # may compute other bytes and be retired for a divergence.
+                st = c.stats("slabs")
+                items = sum(int(v) for k, v in st.items() if k.endswith(":used_chunks"))
+                malloced = int(st.get("total_malloced", 0))
+                expect = sum(counts.values()) + len(self.own_last) + 1
+                if malloced > 0.9 * MEMCACHED_MB * 1024 * 1024:
+                    out.append(("corrupt", 1, "memcached has %d bytes of slabs of its %d MB:"
+                                " items may have been evicted, the item count check is void"
+                                " (give it more memory)" % (malloced, MEMCACHED_MB)))
+                # a consistency check; not counted again when a key was
+                # already reported missing or extra
+                elif items != expect and not any(x[0] in ("lost", "dup") for x in out):
+                    out.append(("dup" if items > expect else "lost", abs(items - expect),
+                                "memcached holds %d items (stats slabs: chunks in use),"
+                                " expected exactly %d (acknowledged keys + counters)"
+                                % (items, expect)))
+            finally:
+                c.close()
+        except (rh.ConnLost, mh.McError, ValueError) as e:
+            out.append((classify_connlost(str(e)) if isinstance(e, rh.ConnLost) else "corrupt",
+                        1, "final read-back: %s" % e))
+        for conn in self.mc.values():
+            conn.close()
+        return out
+
+    def summary(self):
+        return "%d INCRs, %d SET+GETs" % (
+            sum(self.own_count.values()) + sum(len(v) for v in self.shared_vals.values()),
+            sum(self.set_count.values()))
+
+
+# --------------------------------------------------------------------------
 # tests/apps servers, driven through the App classes of their test drivers
 
 
@@ -563,6 +1035,21 @@ def _stdio_classify(req, reply, last):
     return "corrupt"
 
 
+_LEDGER_SEQ_RE = re.compile(rb"(?:OK|NO|V|S) (\d+)(?: |$)")
+
+
+def _ledger_classify(app, req, reply, msg):
+    """A reply of mt_ledger_server that check_reply refused."""
+    if "given twice" in msg:
+        m = _LEDGER_SEQ_RE.match(reply)
+        first = app.history.get(int(m[1])) if m else None
+        if first is not None and first[1] == reply:
+            return "dup"        # the same reply line again: sent twice
+        return "lost"           # a sequence number given out again: the
+                                # acknowledged operation it numbered was forgotten
+    return "corrupt"
+
+
 class AppWorkload(Workload):
     def __init__(self, name, app, server, workdir, seed_str, rng, io_timeout):
         super().__init__(server.port, rng, io_timeout)
@@ -573,6 +1060,7 @@ class AppWorkload(Workload):
         self.seed_str = seed_str
         self.mk_lock = threading.Lock()
         self.requests = 0
+        self.final_ok = False
         self.ctx_args = types.SimpleNamespace(io_timeout=io_timeout, seed=0)
         self.ctx = uh.Context(self.ctx_args, server, workdir, rng)
         for cid in range(APP_CLIENTS):
@@ -677,6 +1165,8 @@ class AppWorkload(Workload):
             return _time_random_classify(req, reply, index, msg)
         if self.name == "stdio_append":
             return _stdio_classify(req, reply, last_ok or 0)
+        if self.name == "mt_ledger":
+            return _ledger_classify(self.app, req, reply, msg)
         return "corrupt"
 
     # ---- stdio_append: the file against the acknowledgements
@@ -735,7 +1225,34 @@ class AppWorkload(Workload):
                 return "lost", b - a
         return "corrupt", 1
 
+    def _ledger_final_classify(self, msg):
+        """mt_ledger's final check (the serial-history replay) failed."""
+        hist = self.app.history
+        if "sequence numbers are not" in msg and hist:
+            # every client got every reply: a number nobody saw is an
+            # operation applied without a request of ours (applied twice)
+            return "dup", max(1, max(hist) - len(hist))
+        if "given twice" in msg:
+            return "lost", 1
+        return "corrupt", 1
+
+    def _ledger_garbage(self):
+        """A sequence number far above the number of operations (a bit
+        flipped in the primary's counter): test_mt_ledger's replay would
+        build the set of every number up to it; report it instead."""
+        with self.app.lock:
+            hist = self.app.history
+            top, n = (max(hist), len(hist)) if hist else (0, 0)
+        if top - n > max(n, 1000):
+            return [("corrupt", 1, "mt_ledger final check: sequence numbers reach %d with"
+                     " only %d operations acknowledged" % (top, n))]
+        return []
+
     def final_check(self):
+        if self.name == "mt_ledger":
+            bad = self._ledger_garbage()
+            if bad:
+                return bad
         try:
             self.app.final_check(self.ctx)
         except uh.TestFailure as e:
@@ -743,11 +1260,37 @@ class AppWorkload(Workload):
             if "final conn" in msg and ("EOF" in msg or "no data" in msg or "connect" in msg
                                         or "reset" in msg.lower()):
                 return [(classify_connlost(msg), 1, msg)]
-            cat, n = self._final_classify(msg)
+            if self.name == "mt_ledger":
+                cat, n = self._ledger_final_classify(msg)
+            else:
+                cat, n = self._final_classify(msg)
             return [(cat, n, "%s final check: %s" % (self.name, msg))]
+        self.final_ok = True
+        return []
+
+    def _ledger_journal_check(self):
+        """After SIGTERM the journal file must be the clients' serial history,
+        line for line, once (test_mt_ledger.Ledger.after_stop_check)."""
+        try:
+            self.app.after_stop_check(self.ctx)
+        except uh.TestFailure as e:
+            msg = str(e)
+            m = re.search(r"journal has (\d+) lines, the clients saw (\d+)", msg)
+            if m:
+                a, b = int(m[1]), int(m[2])
+                if a > b:
+                    return [("dup", a - b, "mt_ledger journal: %s" % msg)]
+                return [("lost", b - a, "mt_ledger journal: %s" % msg)]
+            return [("corrupt", 1, "mt_ledger journal: %s" % msg)]
+        except OSError as e:
+            return [("lost", 1, "mt_ledger journal: %s" % e)]
         return []
 
     def after_stop_check(self):
+        if self.name == "mt_ledger":
+            # only against a complete, verified history (after a stall the
+            # clients' last replies are missing from it)
+            return self._ledger_journal_check() if self.final_ok else []
         if self.name != "stdio_append":
             return []
         out = self._stdio_file_check(final=True)
@@ -784,16 +1327,19 @@ class Target:
     # ---- start
     def start(self):
         a = self.ctx.args
-        if self.program == "redis":
-            self.srv = rh.Server(self.ctx.tracker, native=False, understudy=self.ctx.us,
-                                 replicas=a.replicas, run_args=self.run_args,
-                                 label=self.label, workdir=self.workdir)
+        if self.program in SERVER_PROGRAMS:
+            kw = dict(native=False, understudy=self.ctx.us, replicas=a.replicas,
+                      run_args=self.run_args, label=self.label, workdir=self.workdir)
+            if self.program == "redis":
+                self.srv = rh.Server(self.ctx.tracker, **kw)
+            else:
+                self.srv = mh.McServer(self.ctx.tracker, threads=MEMCACHED_THREADS,
+                                       memory_mb=MEMCACHED_MB, extra_args=MEMCACHED_ARGS, **kw)
             self.srv.start(timeout=20.0)
             self.log_path = self.srv.logpath
         else:
             binary = self.ctx.app_bins[self.program]
-            self.app = {"echo": test_echo.Echo, "time_random": test_time_random.TimeRandom,
-                        "stdio_append": test_stdio_append.StdioAppend}[self.program]()
+            self.app = APP_CLASSES[self.program]()
             app, wd = self.app, self.workdir
             self.srv = uh.Server(lambda port: app.server_argv(binary, port, wd), wd,
                                  native=False, understudy=self.ctx.us, replicas=a.replicas,
@@ -889,7 +1435,7 @@ class Target:
         """SIGTERM; returns a list of problems (exit status, leftovers)."""
         self.stopped = True
         out = []
-        if self.program == "redis":
+        if self.program in SERVER_PROGRAMS:
             out += self.srv.stop(timeout=timeout, expect_dead=expect_dead)
             out = [p.split("\n")[0] for p in out if not p.startswith(self.label + " log tail")]
         else:
@@ -1197,17 +1743,24 @@ def post_fault_checks(ctx, target, wl, fault, t_rec, off):
                       len(stuck), live, a.progress_timeout,
                       "; ".join("%s: last reply %.0f ms after the injection" % (
                           c.name, (c.last() - t0) * 1000 if c.last() else float("nan"))
-                          for c in stuck), loadavg()))
+                          for c in stuck), loadavg())
+                  + ("; %s" % ctx.heartbeat.report(t_rec, mono()) if ctx.heartbeat else ""))
     gap, who, each = wl.pause(t0, t_rec)
     fault.pause_ms, fault.pause_conn = gap * 1000.0, who
     fault.baseline_ms = wl.baseline(t0 - 1.0, t0) * 1000.0
     if fault.pause_ms > a.pause_bound_ms:
+        start = getattr(wl, "pause_start", None)
         fault.add("pause", "longest gap between replies around the fault: %.0f ms on %s"
-                  " (bound %d ms; other connections: %s; longest gap in the second before"
+                  " (bound %d ms; %s; other connections: %s; longest gap in the second before"
                   " the fault: %.0f ms; load average %s)"
                   % (fault.pause_ms, who, a.pause_bound_ms,
+                     "it began %.0f ms %s the injection" % (
+                         abs(t0 - start) * 1000, "before" if start < t0 else "after")
+                     if start is not None else "no reply before it",
                      ", ".join("%.0f" % (g * 1000) for n, g in each.items() if n != who),
-                     fault.baseline_ms, loadavg()))
+                     fault.baseline_ms, loadavg())
+                  + ("; over the same %.0f ms: %s" % (fault.pause_ms, ctx.heartbeat.report(
+                      start, start + gap)) if start is not None and ctx.heartbeat else ""))
     # a little more traffic, then read back what was acknowledged (unless
     # the service is stuck: the read-back would only wait out its timeout)
     time.sleep(ctx.round_rng.uniform(0.05, 0.25))
@@ -1296,6 +1849,7 @@ class Campaign:
         self.rng = random.Random(args.seed)
         self.round_rng = self.rng
         self.start_failures = 0
+        self.heartbeat = None
         self.tracker = rh.Tracker()
         self.faults = []
         self.round_problems = []     # problems not attributable to a fault
@@ -1357,12 +1911,24 @@ class Campaign:
                 if self.start_failures >= 3:
                     raise CampaignAbort("%d runs in a row did not start" % self.start_failures)
                 return fault_i
+            try:
+                if program == "redis":
+                    wl = RedisWorkload(target.port, rrng, a.io_timeout)
+                elif program == "memcached":
+                    wl = MemcachedWorkload(target.port, rrng, a.io_timeout)
+                else:
+                    wl = AppWorkload(program, target.app, target.srv, target.workdir,
+                                     "%d/round/%d" % (a.seed, rnd), rrng, a.io_timeout)
+            except (rh.ConnLost, rh.RespError, mh.McError, uh.TestFailure) as e:
+                # the clients could not connect to a service that had started
+                self.round_problems.append(("survival", "round %d (%s): the clients could not"
+                                            " connect: %s" % (rnd, program, e)))
+                ok = False
+                self.start_failures += 1
+                if self.start_failures >= 3:
+                    raise CampaignAbort("%d runs in a row did not start" % self.start_failures)
+                return fault_i
             self.start_failures = 0
-            if program == "redis":
-                wl = RedisWorkload(target.port, rrng, a.io_timeout)
-            else:
-                wl = AppWorkload(program, target.app, target.srv, target.workdir,
-                                 "%d/round/%d" % (a.seed, rnd), rrng, a.io_timeout)
             self.workloads.append(wl)
             wl.start()
             if not wl.wait_first_replies(5.0):
@@ -1428,6 +1994,10 @@ class Campaign:
             stop_problems = target.stop(expect_dead=tainted or stalled,
                                         timeout=3.0 if stalled else 10.0)
             if target.alive() is False:
+                for f in round_faults:
+                    sab = self.sabotage.get(f.n)
+                    if sab:
+                        sab.after_stop(target, wl)
                 final += wl.after_stop_check()
             # late divergence reports (a tainted backup that ended differently)
             late = div_lines(target.log_since(off_end))
@@ -1469,10 +2039,21 @@ class Campaign:
             if wl is not None:
                 wl.abort()
             target.cleanup()
+            # done with: its processes are gone; forget its clients' records
+            # (hundreds of rounds of them would take gigabytes)
+            if wl is not None and wl in self.workloads:
+                self.workloads.remove(wl)
+            if target in self.targets:
+                self.targets.remove(target)
+            if isinstance(target.srv, uh.Server):
+                with uh._registry_lock:     # us_harness's cleanup list holds it too
+                    if target.srv in uh._registry:
+                        uh._registry.remove(target.srv)
             # the cyclic GC is off while clients run (a full collection over
             # the acknowledgements stalls every client thread for 100s of ms)
             gc.collect()
-            if ok and not a.keep:
+            # (self-check rounds fail on purpose: their files are not kept)
+            if (ok or a.self_check) and not a.keep:
                 target.remove_dir()
             else:
                 self.kept_dirs.append(target.workdir)
@@ -1523,6 +2104,29 @@ class Campaign:
                  "informational": False}
         return rows, total
 
+    def program_table(self):
+        """One row per program; like the total, bitflip-primary's client-side
+        findings are left out of the must-be-zero columns."""
+        rows = []
+        for prog in PROGRAMS:
+            fs = [f for f in self.faults if f.program == prog]
+            if not fs:
+                continue
+            counted = [f for f in fs if f.kind != "bitflip-primary"]
+            bb = [f for f in fs if f.kind == "bitflip-backup"]
+            rows.append({
+                "program": prog, "injected": len(fs),
+                "survived": sum(1 for f in fs if f.survived),
+                "divergences_detected": sum(1 for f in fs if f.divergence or f.late_divergence),
+                "bitflip_backup": len(bb),
+                "bitflip_backup_detected": sum(1 for f in bb if f.divergence or
+                                               f.late_divergence),
+                "lost_writes": sum(f.lost for f in counted),
+                "duplicated_effects": sum(f.dup for f in counted),
+                "resets": sum(f.resets for f in counted),
+                "worst_pause_ms": round(max([f.pause_ms for f in counted] or [0.0]), 1)})
+        return rows
+
     def print_table(self):
         rows, total = self.table()
         hdr = ("fault kind", "injected", "survived", "divergences", "lost writes",
@@ -1541,6 +2145,19 @@ class Campaign:
               " information only%s and not in the total)" % (", marked *" if any(
                   r["informational"] and (r["lost_writes"] or r["duplicated_effects"] or r["resets"])
                   for r in rows) else ""))
+        prows = self.program_table()
+        if prows:
+            hdr = ("program", "injected", "survived", "divergences", "lost writes",
+                   "dup effects", "resets", "worst pause ms")
+            print()
+            print(fmt % hdr)
+            print(fmt % tuple("-" * len(h) for h in hdr))
+            for r in prows:
+                print(fmt % (r["program"], r["injected"], r["survived"],
+                             r["divergences_detected"], r["lost_writes"],
+                             r["duplicated_effects"], r["resets"], "%.0f" % r["worst_pause_ms"]))
+            print("(per program: every fault kind; lost writes, dup effects, resets and the"
+                  " pause without bitflip-primary)")
         bb = [f for f in self.faults if f.kind == "bitflip-backup"]
         if bb:
             det = sum(1 for f in bb if f.divergence)
@@ -1556,8 +2173,29 @@ class Campaign:
                           % (area, len(fa), sum(1 for f in fa if f.divergence or f.late_divergence),
                              sum(1 for f in fa if not f.divergence and
                                  f.outcome.startswith("backup died"))))
+            for r in prows:
+                if r["bitflip_backup"]:
+                    print("  into %-12s: %d flip(s), %d divergence(s) reported"
+                          % (r["program"], r["bitflip_backup"], r["bitflip_backup_detected"]))
         bp = [f for f in self.faults if f.kind == "bitflip-primary"]
         if bp:
+            # a flip into the primary changed its output when the clients'
+            # checks saw it (reported for information only): wrong data, or
+            # connections closed (the program exited) or stalled (it spun)
+            def saw(f, cats):
+                return any(c in ["info:" + x for x in cats] for c, _ in f.problems)
+            data = [f for f in bp if saw(f, ("lost", "dup", "corrupt"))]
+            closed = [f for f in bp if f not in data and saw(f, ("reset",))]
+            stalled = [f for f in bp if f not in data + closed and saw(f, ("stall",))]
+            seen = data + closed + stalled
+            print("bitflip-primary: %d flip(s); %d changed what the clients saw (%d wrong data,"
+                  " %d connections closed, %d stalled), %d of those with a divergence reported"
+                  " by the backups; %d divergence(s) reported in all; %d primary died and was"
+                  " failed over" % (
+                      len(bp), len(seen), len(data), len(closed), len(stalled),
+                      sum(1 for f in seen if f.divergence or f.late_divergence),
+                      sum(1 for f in bp if f.divergence or f.late_divergence),
+                      sum(1 for f in bp if "primary died" in f.outcome)))
             print("bitflip-primary outcomes:")
             for f in bp:
                 print("  #%d %s (%s): %s" % (f.n, f.program, f.where or f.area, f.outcome))
@@ -1582,6 +2220,11 @@ class Sabotage:
     def after(self, target, wl):
         pass
 
+    def after_stop(self, target, wl):
+        """After the service stopped at the end of the round, before the
+        checks of what it left (files)."""
+        pass
+
 
 class SabotageRedis(Sabotage):
     def after(self, target, wl):
@@ -1592,6 +2235,45 @@ class SabotageRedis(Sabotage):
             c.call("INCR", REDIS_COUNTER)      # an increment nobody was told of
         finally:
             c.close()
+
+
+class SabotageMemcached(Sabotage):
+    def after(self, target, wl):
+        c = mh.Mc(target.port, timeout=5)
+        try:
+            i = min(wl.set_count)
+            c.delete(wl.key(i, 0))                 # an acknowledged set disappears
+            c.incr(wl.counter(min(wl.own_last)))   # an increment nobody was told of
+        finally:
+            c.close()
+
+
+class SabotageMemcachedExtra(Sabotage):
+    def after(self, target, wl):
+        c = mh.Mc(target.port, timeout=5)
+        try:
+            c.set(b"campaign:stray", b"x")         # an item no client stored
+        finally:
+            c.close()
+
+
+class SabotageLedger(Sabotage):
+    def after(self, target, wl):
+        conn = uh.LineConn(target.port, 5, "sabotage")
+        try:
+            conn.request(b"T 0 1 1")               # an operation the clients did not ask for
+        finally:
+            conn.close()
+
+
+class SabotageLedgerJournal(Sabotage):
+    def after_stop(self, target, wl):
+        path = os.path.join(target.workdir, "journal")
+        with open(path, "rb") as f:
+            data = f.read()
+        cut = data.rstrip(b"\n").rfind(b"\n") + 1
+        with open(path, "wb") as f:                # the last operation is not in the file
+            f.write(data[:cut])
 
 
 class SabotageStdio(Sabotage):
@@ -1643,6 +2325,18 @@ SELF_CHECKS = [
     SabotagePause("echo", "crash-backup", {"pause"}, "the primary SIGSTOPped for 1.3 s"),
     SabotageKillAll("echo", "crash-primary", {"reset"},
                     "every replica SIGKILLed after a failover"),
+    SabotageMemcached("memcached", "crash-primary", {"lost", "dup"},
+                      "delete of an acknowledged key and an extra incr after a failover"),
+    SabotageMemcachedExtra("memcached", "crash-backup", {"dup"},
+                           "an extra item stored behind the clients' back (the item count)"),
+    SabotageKillAll("memcached", "crash-backup", {"reset"},
+                    "every replica SIGKILLed after a backup crash"),
+    SabotageLedger("mt_ledger", "crash-primary", {"dup"},
+                   "an extra transfer from another connection after a failover"),
+    SabotageLedgerJournal("mt_ledger", "crash-backup", {"lost"},
+                          "the journal's last line removed after the run"),
+    SabotageKillAll("mt_ledger", "crash-primary", {"reset"},
+                    "every replica SIGKILLed after a failover"),
 ]
 
 
@@ -1661,11 +2355,24 @@ def self_check_verdict(camp, plan):
         f = camp.faults[i] if i < len(camp.faults) else None
         got = set() if f is None else {c.split(":")[-1] for c, _ in f.problems}
         missed = sc.expect - got
-        ok = ok and f is not None and not missed
-        print("self-check %-13s %-14s %-62s %s" % (
+        # and the campaign would have failed on it: a failing problem, and
+        # the table's must-be-zero column of each expected category non-zero
+        counts = {} if f is None else {"lost": f.lost, "dup": f.dup, "reset": f.resets}
+        zero = sorted(c for c in sc.expect if c in counts and not counts[c])
+        fails = f is not None and bool(f.failing()) and not zero
+        good = f is not None and not missed and fails
+        ok = ok and good
+        print("self-check %-13s %-14s %-66s %s" % (
             sc.program, sc.kind, sc.what,
-            "flagged %s" % sorted(got & sc.expect) if f is not None and not missed
-            else "NOT FLAGGED: %s (got %s)" % (sorted(missed), sorted(got))))
+            "flagged %s, the campaign FAILS (%s)" % (
+                sorted(got & sc.expect),
+                ", ".join("%s %d" % (c, counts[c]) for c in sorted(sc.expect) if c in counts)
+                or "failing: " + ",".join(sorted({c for c, _ in f.failing()})))
+            if good else
+            "NOT FLAGGED: %s (got %s%s)" % (
+                sorted(missed), sorted(got),
+                "; counted 0 for %s" % zero if zero else
+                "" if f is None or f.failing() else "; nothing failing")))
     return ok
 
 
@@ -1706,7 +2413,7 @@ def parse_args():
                    help="a client waiting this long for a reply fails (default 10)")
     p.add_argument("--timeout", type=float, default=None,
                    help="overall bound in seconds (default 60 + 8 per fault)")
-    for prog in ("echo", "time_random", "stdio_append"):
+    for prog in ("echo", "time_random", "stdio_append", "mt_ledger"):
         p.add_argument("--%s-server" % prog.replace("_", "-"), default=None,
                        help="%s binary (default build/tests/apps/%s)"
                             % (APP_BINARIES[prog], APP_BINARIES[prog]))
@@ -1757,14 +2464,16 @@ def main():
         a.seed = random.SystemRandom().randrange(1 << 31)
     app_bins = {}
     for prog, opt in (("echo", a.echo_server), ("time_random", a.time_random_server),
-                      ("stdio_append", a.stdio_append_server)):
+                      ("stdio_append", a.stdio_append_server),
+                      ("mt_ledger", a.mt_ledger_server)):
         path = opt or uh.default_server_path(APP_BINARIES[prog])
         app_bins[prog] = os.path.abspath(path)
     dropped = []
     for prog in list(a.programs):
-        if prog == "redis":
-            if shutil.which("redis-server") is None:
-                dropped.append("redis (redis-server not in PATH)")
+        if prog in SERVER_PROGRAMS:
+            exe = {"redis": "redis-server", "memcached": "memcached"}[prog]
+            if shutil.which(exe) is None:
+                dropped.append("%s (%s not in PATH)" % (prog, exe))
                 a.programs.remove(prog)
         elif not (os.path.isfile(app_bins[prog]) and os.access(app_bins[prog], os.X_OK)):
             dropped.append("%s (%s not found)" % (prog, app_bins[prog]))
@@ -1787,6 +2496,7 @@ def main():
     rh.install_deadline(a.timeout)
     gc.disable()
     camp = Campaign(a, us, app_bins)
+    camp.heartbeat = Heartbeat(camp.tracker)
     plan = self_check_plan(camp, a.programs) if a.self_check else None
 
     def hard_stop():
@@ -1805,6 +2515,7 @@ def main():
     t0 = mono()
     try:
         camp.run()
+        camp.heartbeat.close()
         # every round cleaned up after itself: anything still alive is a leak
         left = camp.tracker.alive()
     except CampaignAbort as e:
@@ -1851,7 +2562,8 @@ def main():
                "kinds": a.kinds, "replicas": a.replicas, "hang_timeout_ms": a.hang_timeout,
                "pause_bound_ms": a.pause_bound_ms, "min_backups": a.min_backups,
                "elapsed_s": round(elapsed, 1), "rounds": camp.rounds,
-               "table": rows, "total": total, "pass": bool(passed),
+               "table": rows, "total": total, "by_program": camp.program_table(),
+               "pass": bool(passed),
                "problems": problems, "faults": [f.as_dict() for f in camp.faults],
                "kept_dirs": camp.kept_dirs}
         with open(a.json, "w") as f:
