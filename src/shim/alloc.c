@@ -265,7 +265,8 @@ static void *depot_op(struct us_thread *t, int op, unsigned c, void *batch)
             if (ev->aux != c)
                 us_diverged_at(t, ev, "a malloc of another size class");
             uint32_t version = (uint32_t)ev->check;
-            us_ord_wait(&d->ord, version);
+            if (us_ord_wait(&d->ord, version) < 0)
+                goto live;
             us_ord_lock(&d->ord);
             void *got = op == US_SYNC_HEAP_PUT ? (depot_push(d, batch), batch) : depot_pop(d);
             us_ord_unlock(&d->ord);
@@ -275,6 +276,7 @@ static void *depot_op(struct us_thread *t, int op, unsigned c, void *batch)
             us_consume(t, ev);
             return got;
         }
+    live:
         us_promote(t);
     }
     us_ord_lock(&d->ord);

@@ -139,8 +139,9 @@ static uint64_t fds_pack(const struct fd_versions *o)
     return (uint64_t)o->v[0] | (o->n > 1 ? (uint64_t)o->v[1] << 32 : 0);
 }
 
-/* Backup: wait for each number's turn (the versions come from the log). */
-static void fds_wait(long nr, const long *a, const struct us_sysdesc *d, const struct us_event *ev,
+/* Backup: wait for each number's turn (the versions come from the log);
+ * -1 if replay was cut short meanwhile. */
+static int fds_wait(long nr, const long *a, const struct us_sysdesc *d, const struct us_event *ev,
                      struct fd_versions *o)
 {
     fds_closed(nr, a, d, o);
@@ -149,8 +150,9 @@ static void fds_wait(long nr, const long *a, const struct us_sysdesc *d, const s
     o->v[0] = (uint32_t)ev->order;
     o->v[1] = (uint32_t)(ev->order >> 32);
     for (int i = 0; i < o->n; i++)
-        if (fd_ord(o->fd[i]))
-            us_ord_wait(fd_ord(o->fd[i]), o->v[i]);
+        if (fd_ord(o->fd[i]) && us_ord_wait(fd_ord(o->fd[i]), o->v[i]) < 0)
+            return -1;
+    return 0;
 }
 
 static void fds_set(const struct fd_versions *o)
@@ -162,7 +164,7 @@ static void fds_set(const struct fd_versions *o)
 
 /* Backup: placeholders and twins go to chosen numbers; a twin's open takes
  * the lowest free one for an instant, which no placeholder may take then. */
-static struct us_ord backup_fdtable_lock;
+struct us_ord us_backup_fdtable_lock;
 
 /* Primary: what kind of fd a FDNEW call made. */
 static int classify_new_fd(long nr, const long *a, int fd)
@@ -552,9 +554,19 @@ US_NORETURN static void retire(const char *text)
  */
 static int outvoted_primary; /* this replica won a vote against the primary */
 
-static void end_replay_here(const struct us_thread *t)
+/*
+ * Once one thread of the winner goes live at a call the faulty primary's log
+ * does not hold, what the other threads' rings say after this point may
+ * depend on what that thread will now not replay (a lock it would have
+ * released): each thread stops replaying at its next event or turn, which
+ * leaves every object in a state some interleaving reached, and all go live
+ * together from there (us_promote).
+ */
+int us_replay_cut;
+
+void us_end_replay_here(unsigned ring)
 {
-    struct us_ring_ctl *c = &us_log_.hdr->ring[t->ring];
+    struct us_ring_ctl *c = &us_log_.hdr->ring[ring];
     struct us_ring_consumer *me = &c->consumer[us_slot];
     me->seen_head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
     __atomic_store_n(&me->seq, __atomic_load_n(&c->head_seq, __ATOMIC_ACQUIRE), __ATOMIC_RELEASE);
@@ -592,7 +604,7 @@ int us_vote(struct us_thread *t, const struct us_event *ev, uint64_t sig, int ou
     }
     if (output_only)
         return US_VOTE_REPLAY_ON;
-    end_replay_here(t);
+    __atomic_store_n(&us_replay_cut, 1, __ATOMIC_RELEASE);
     return US_VOTE_GO_LIVE;
 }
 
@@ -640,6 +652,8 @@ static int call_mismatch(struct us_thread *t, const struct us_event *ev, long nr
 
 struct us_event *us_next_event(struct us_thread *t)
 {
+    if (US_UNLIKELY(__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)))
+        return NULL;
     struct us_event *ev = us_ring_next(&us_log_, t->ring, us_slot);
     if (US_UNLIKELY(ev == US_RING_CORRUPT || (ev && us_event_payload_check(ev) < 0)))
         us_fatal("corrupt record in the log of thread %u after event %lu: this replica "
@@ -767,20 +781,22 @@ long us_replay_event(struct us_thread *t, long nr, long *a, const struct us_sysd
         break;
     case K_FDNEW: {
         struct fd_versions fv;
-        fds_wait(nr, a, d, ev, &fv);
-        us_ord_lock(&backup_fdtable_lock);
+        if (fds_wait(nr, a, d, ev, &fv) < 0)
+            goto live;
+        us_ord_lock(&us_backup_fdtable_lock);
         for (int i = 0; i < fv.n; i++) {
             if (!open_readonly_twin(nr, a, fv.fd[i], (int)ev->aux))
                 placeholder(fv.fd[i], new_fd_cloexec(nr, a));
             us_fd_created(fv.fd[i], (int)ev->aux);
         }
-        us_ord_unlock(&backup_fdtable_lock);
+        us_ord_unlock(&us_backup_fdtable_lock);
         fds_set(&fv);
         break;
     }
     case K_CLOSE: {
         struct fd_versions fv;
-        fds_wait(nr, a, d, ev, &fv);
+        if (fds_wait(nr, a, d, ev, &fv) < 0)
+            goto live;
         if (r == 0)
             US_SYSCALL1(SYS_close, a[0]);
         track_fds(nr, a, r, d, ev);
@@ -792,14 +808,15 @@ long us_replay_event(struct us_thread *t, long nr, long *a, const struct us_sysd
         /* the same number as the primary's: not the lowest free one here,
          * where other threads may be ahead or behind */
         struct fd_versions fv;
-        fds_wait(nr, a, d, ev, &fv);
+        if (fds_wait(nr, a, d, ev, &fv) < 0)
+            goto live;
         long mine = r;
         if (r >= 0) {
             int cloexec = nr == SYS_dup3 ? (int)(a[2] & O_CLOEXEC)
                           : (nr == SYS_fcntl && a[1] == F_DUPFD_CLOEXEC) ? O_CLOEXEC : 0;
-            us_ord_lock(&backup_fdtable_lock);
+            us_ord_lock(&us_backup_fdtable_lock);
             mine = (nr == SYS_dup2 && a[0] == a[1]) ? r : US_SYSCALL3(SYS_dup3, a[0], r, cloexec);
-            us_ord_unlock(&backup_fdtable_lock);
+            us_ord_unlock(&us_backup_fdtable_lock);
         }
         if (mine != r)
             us_diverged(t, ev, nr, a, "dup gave another fd");
@@ -814,6 +831,9 @@ long us_replay_event(struct us_thread *t, long nr, long *a, const struct us_sysd
     track_fds(nr, a, r, d, ev);
     us_consume(t, ev);
     return r;
+live: /* replay cut short before this call's turn: it is done live */
+    us_promote(t);
+    return us_record(t, nr, a, d);
 }
 
 static __attribute__((noinline)) long unsupported(long nr)

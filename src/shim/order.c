@@ -44,7 +44,7 @@ static inline int reached(uint32_t cur, uint32_t want)
  * ring: spin briefly (it may be running on the other CPU), then yield (it
  * may be runnable on this one), then sleep until it sets its version.
  */
-void us_ord_wait(struct us_ord *o, uint32_t version)
+int us_ord_wait(struct us_ord *o, uint32_t version)
 {
     uint32_t want = version - 1;
     /* On one CPU the thread we wait for cannot run while we spin. */
@@ -52,7 +52,9 @@ void us_ord_wait(struct us_ord *o, uint32_t version)
     for (unsigned spins = 0;; spins++) {
         uint32_t cur = __atomic_load_n(&o->version, __ATOMIC_ACQUIRE);
         if (reached(cur, want))
-            return;
+            return 0;
+        if (US_UNLIKELY(__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)))
+            return -1; /* the thread we wait for went live instead */
         if (spins < spin) {
             __builtin_ia32_pause();
             continue;

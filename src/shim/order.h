@@ -42,12 +42,17 @@ static inline uint32_t us_ord_bump(struct us_ord *o)
 }
 
 /* Backup: wait until the object has reached version - 1 (its predecessor
- * in the log's order is done), then, once the operation is done, set it. */
-void us_ord_wait(struct us_ord *o, uint32_t version);
+ * in the log's order is done), then, once the operation is done, set it.
+ * us_ord_wait returns -1 instead if replay was cut short (us_replay_cut):
+ * the thread then goes live without doing the logged operation. */
+int us_ord_wait(struct us_ord *o, uint32_t version) __attribute__((warn_unused_result));
 void us_ord_set(struct us_ord *o, uint32_t version);
 
 /* The objects every replica orders: fd numbers and the address space. */
 extern struct us_ord us_fd_ord[];
 extern struct us_ord us_as_ord;
+/* Backup: held while the shim puts an fd at a chosen number or opens one of
+ * its own (which takes the lowest free number for an instant). */
+extern struct us_ord us_backup_fdtable_lock;
 
 #endif

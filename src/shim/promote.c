@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "order.h"
 #include "understudy/ctl_protocol.h"
 
 long us_spawn_keeper(void);
@@ -213,6 +214,55 @@ static void promote_process(void)
     ctl_send(&m);
 }
 
+/* The threads parked in us_promote, by ring, and how many: after a replay
+ * cut, promotion waits for every thread of the process instead of every
+ * ring drained. */
+static uint8_t parked[US_MAX_THREADS];
+static int nparked;
+
+/* Threads of this process, as the kernel counts them (a thread being
+ * created is one already). */
+static int count_tasks(void)
+{
+    us_ord_lock(&us_backup_fdtable_lock);
+    long dir = US_SYSCALL4(SYS_openat, AT_FDCWD, "/proc/self/task",
+                           O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (dir < 0)
+        us_fatal("promotion: cannot open /proc/self/task (%ld)", dir);
+    int n = 0;
+    char buf[4096];
+    for (long got; (got = US_SYSCALL3(SYS_getdents64, dir, buf, sizeof(buf))) > 0;) {
+        for (long off = 0; off < got;) {
+            struct {
+                uint64_t ino;
+                int64_t off;
+                unsigned short reclen;
+                unsigned char type;
+                char name[];
+            } *e = (void *)(buf + off);
+            if (e->name[0] != '.')
+                n++;
+            off += e->reclen;
+        }
+    }
+    US_SYSCALL1(SYS_close, dir);
+    us_ord_unlock(&us_backup_fdtable_lock);
+    return n;
+}
+
+/* After a cut, the rings of the dead primary's threads that have no thread
+ * here (created after the cut) are dropped, free for new threads. */
+static void drop_orphan_rings(void)
+{
+    struct us_log_header *h = us_log_.hdr;
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        if (parked[r] || __atomic_load_n(&h->ring[r].in_use, __ATOMIC_ACQUIRE) == US_RING_FREE)
+            continue;
+        us_end_replay_here(r);
+        __atomic_store_n(&h->ring[r].in_use, US_RING_EXITED, __ATOMIC_RELEASE);
+    }
+}
+
 /* Every thread's ring consumed: no thread of ours still has to replay. */
 static int all_drained(void)
 {
@@ -239,15 +289,32 @@ static int all_drained(void)
  */
 void us_promote(struct us_thread *t)
 {
-    /* Once one thread has seen every ring drained and begun, the others may
-     * not look again: a thread already live writes its ring on. */
-    while (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) == 0 && !all_drained()) {
+    if (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) == 0) {
+        parked[t->ring] = 1;
+        __atomic_add_fetch(&nparked, 1, __ATOMIC_ACQ_REL);
+    }
+    /* Once one thread has seen every ring drained (or, after a cut, every
+     * thread parked) and begun, the others may not look again: a thread
+     * already live writes its ring on. */
+    for (unsigned n = 0; __atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) == 0; n++) {
+        if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)) {
+            if (n % 20 == 0 && __atomic_load_n(&nparked, __ATOMIC_ACQUIRE) == count_tasks())
+                break;
+        } else if (all_drained()) {
+            break;
+        }
         struct timespec ts = {0, 50000};
         US_SYSCALL2(SYS_nanosleep, &ts, 0);
     }
     int expected = 0;
     if (__atomic_compare_exchange_n(&promote_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
+        if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)) {
+            for (unsigned r = 0; r < US_MAX_THREADS; r++)
+                if (parked[r])
+                    us_end_replay_here(r);
+            drop_orphan_rings();
+        }
         promote_process();
         __atomic_store_n(&promote_state, 2, __ATOMIC_RELEASE);
     } else {

@@ -86,6 +86,8 @@ extern int us_ctl_fd;                /* socket to the supervisor */
 extern int us_null_fd;               /* backup: source of placeholder fds */
 extern int us_active;                /* attached to a log */
 extern int us_ncpus;                 /* CPUs this replica may run on */
+extern int us_replay_cut;            /* backup that outvoted the primary: every
+                                        thread stops replaying where it is */
 extern struct us_thread us_threads[US_MAX_THREADS];
 extern struct us_fd us_fds[US_MAX_FDS];
 extern __thread struct us_thread *us_self __attribute__((tls_model("initial-exec")));
@@ -122,7 +124,7 @@ int us_vote(struct us_thread *t, const struct us_event *ev, uint64_t sig, int ou
             const char *text);
 /* The same for something other than a system call, described by `what`. */
 int us_vote_at(struct us_thread *t, const struct us_event *ev, const char *what, uint64_t sig);
-/* The same, for something other than a system call, described by `what`. */
+/* us_diverged for something other than a system call, described by `what`. */
 US_NORETURN void us_diverged_at(struct us_thread *t, const struct us_event *ev, const char *what);
 
 /* sud.c */
@@ -151,8 +153,10 @@ void us_alloc_fork_done(void);
 void us_thread_cloning(struct us_thread *parent, int *child_tid);
 void us_thread_joined(unsigned long thread);
 
-/* promote.c */
+/* promote.c: every thread ends its replay here and the process goes live;
+ * us_end_replay_here (engine.c) drops what is left of the thread's ring. */
 void us_promote(struct us_thread *t);
+void us_end_replay_here(unsigned ring);
 long us_orphan_accept(int listen_fd, int flags);
 
 /* fds */

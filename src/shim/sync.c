@@ -305,7 +305,8 @@ static int acquire(const struct acquire *q, uintptr_t site)
                 us_fatal("corrupt synchronisation record in the log of thread %u", t->ring);
             obj_bind(q->obj, id);
             if (ret == 0) {
-                us_ord_wait(&objs[id], version);
+                if (us_ord_wait(&objs[id], version) < 0)
+                    goto live;
                 take(q);
                 us_ord_set(&objs[id], version);
             }
@@ -316,6 +317,7 @@ static int acquire(const struct acquire *q, uintptr_t site)
             }
             return ret;
         }
+    live:
         us_promote(t);
     }
     /* Exclusive holders number their acquisitions while they hold the
@@ -474,7 +476,8 @@ static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, int clk, const str
                 return ret;
             }
             obj_bind(m, id);
-            us_ord_wait(&objs[id], version);
+            if (us_ord_wait(&objs[id], version) < 0)
+                goto live;
             real.mutex_lock(m);
             us_ord_set(&objs[id], version);
             us_consume(t, ev);
@@ -482,6 +485,7 @@ static int cond_common(pthread_cond_t *c, pthread_mutex_t *m, int clk, const str
         }
         /* Promoted while waiting: wake up spuriously (allowed), holding the
          * mutex again, as a primary now. */
+    live:
         us_promote(t);
         r = real.mutex_lock(m);
         if (r == 0) {
@@ -652,7 +656,8 @@ static int once_common(pthread_once_t *o, void (*init)(void), uintptr_t site)
             if (id == 0 || id >= MAX_OBJS)
                 us_fatal("corrupt synchronisation record in the log of thread %u", t->ring);
             obj_bind(o, id);
-            us_ord_wait(&objs[id], version);
+            if (us_ord_wait(&objs[id], version) < 0)
+                goto live;
             us_consume(t, ev);
             int r = real.once(o, init);
             us_ord_set(&objs[id], version);
@@ -660,11 +665,14 @@ static int once_common(pthread_once_t *o, void (*init)(void), uintptr_t site)
         }
         if (ev) {
             while (!once_done(o)) {
+                if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE))
+                    goto live; /* the thread running it may be parked */
                 struct timespec ts = {0, 50000};
                 US_SYSCALL2(SYS_nanosleep, &ts, 0);
             }
             return 0;
         }
+    live:
         us_promote(t);
     }
     if (once_done(o))
@@ -703,7 +711,8 @@ static int key_common(pthread_key_t *key, pthread_key_t del, void (*dtor)(void *
     if (t->mode == US_MODE_REPLAY) {
         struct us_event *ev = us_sync_expect(t, US_SYNC_KEY, site);
         if (ev) {
-            us_ord_wait(o, (uint32_t)ev->check);
+            if (us_ord_wait(o, (uint32_t)ev->check) < 0)
+                goto live;
             int r = key ? real.key_create(key, dtor) : real.key_delete(del);
             if (r != (int)ev->ret || (key && r == 0 && *key != (pthread_key_t)ev->aux))
                 sync_diverged(t, ev, US_SYNC_KEY, site, "the primary got another key");
@@ -711,6 +720,7 @@ static int key_common(pthread_key_t *key, pthread_key_t del, void (*dtor)(void *
             us_consume(t, ev);
             return r;
         }
+    live:
         us_promote(t);
     }
     us_ord_lock(o);

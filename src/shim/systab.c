@@ -318,7 +318,10 @@ static long sp_mm(struct us_thread *t, long nr, long *a)
         }
         uint32_t version = (uint32_t)ev->order;
         long want = ev->ret, r = want;
-        us_ord_wait(&us_as_ord, version);
+        if (us_ord_wait(&us_as_ord, version) < 0) {
+            us_promote(t);
+            return sp_mm(t, nr, a);
+        }
         if (nr == SYS_mmap && !(want < 0 && want > -4096)) {
             long b[6] = {want, a[1], a[2], a[3], a[4], a[5]};
             if (!(a[3] & MAP_FIXED))

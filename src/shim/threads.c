@@ -114,11 +114,14 @@ static long choose_stack(struct us_thread *t, size_t size, size_t guard)
             int fresh = ev->ret != 0;
             if (i >= MAX_STACKS)
                 us_fatal("corrupt thread stack record in the log of thread %u", t->ring);
-            us_ord_wait(&stacks_ord, version);
+            if (us_ord_wait(&stacks_ord, version) < 0)
+                goto live;
             struct stack *s = &stacks[i];
             if (!fresh && (s->size != size || s->guard != guard))
                 us_diverged_at(t, ev, "a thread with another stack size");
             while (!fresh && !reusable(s)) {
+                if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE))
+                    goto live; /* its old thread may be parked for good */
                 struct timespec ts = {0, 100000};
                 US_SYSCALL2(SYS_nanosleep, &ts, 0);
             }
@@ -137,6 +140,7 @@ static long choose_stack(struct us_thread *t, size_t size, size_t guard)
             us_ord_set(&stacks_ord, version);
             return i;
         }
+    live:
         us_promote(t);
     }
     us_ord_lock(&stacks_ord);

@@ -410,6 +410,8 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
                        (int)s->rep[b].pid);
             kill(s->rep[b].pid, SIGKILL);
             __atomic_store_n(&s->log.hdr->replica[b].state, US_REPLICA_RETIRED, __ATOMIC_RELEASE);
+            if (b == s->vote_winner)
+                s->vote_winner = -1; /* killed, though not reaped yet: not again */
             continue;
         }
         kill_keeper(op);
@@ -538,6 +540,8 @@ static void retire_backup(struct us_supervisor *s, int b, const char *why)
 static void check_divergences(struct us_supervisor *s)
 {
     struct us_log_header *h = s->log.hdr;
+    if (s->vote_winner >= 0)
+        return; /* decided: the winner (still "diverged") waits for the failover */
     for (int b = 0; b < s->opt.replicas; b++) {
         struct us_replica *rb = &h->replica[b];
         if (b == s->primary || !s->rep[b].alive ||

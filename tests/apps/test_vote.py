@@ -12,6 +12,17 @@ flip_target (tests/apps/flip_target.c) runs under `understudy run
      primary is declared faulty and stopped, and a backup takes over the
      same connection: at most the faulty primary's one reply is wrong, every
      later one is the original value again, with no reset.
+  3. flip_target -t (a thread per connection, all taking one mutex; a flip
+     changes the size of the replies): three connections ask without pause
+     and the bit is flipped in the primary. The backups' thread of the
+     connection that saw the flip differs in a call, not only in bytes, while
+     the faulty primary's other threads logged more operations on the mutex
+     after it: the winner must stop every thread's replay there and go live
+     (not wait for the rest of the faulty log, which never comes): a failover
+     within seconds, status answering, a new connection served correctly, and
+     no connection reset. (A connection whose request the faulty primary read
+     after the point of divergence may wait for ever: that input is lost,
+     README "What is replicated"; such stalls are counted, not failed.)
 Exit 0 pass, 1 fail, 77 skip.
 """
 import json
@@ -22,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -38,21 +50,44 @@ def status(ctl):
     return json.loads(r.stdout) if r.returncode == 0 else {}
 
 
-def run_case(flip, d):
+def start(d, extra=()):
     ctl, port = os.path.join(d, "ctl.sock"), h.free_port()
     out, err = os.path.join(d, "out"), os.path.join(d, "err")
     with open(out, "w") as o, open(err, "w") as e:
         run = subprocess.Popen([us, "run", "--replicas", "3", "--control", ctl, "--", prog,
-                                str(port)], stdout=o, stderr=e, cwd=d, start_new_session=True)
+                                str(port)] + list(extra), stdout=o, stderr=e, cwd=d,
+                               start_new_session=True)
+    return ctl, port, out, err, run
+
+
+def wait_ready(ctl, out, err, run):
+    deadline = time.monotonic() + 20
+    while not re.search(r"addr 0x[0-9a-f]+", open(out).read()) or \
+            len(status(ctl).get("backups") or []) < 2:
+        if time.monotonic() > deadline or run.poll() is not None:
+            raise RuntimeError("server did not start: " + open(err).read()[-500:])
+        time.sleep(0.05)
+    return re.search(r"addr (0x[0-9a-f]+)", open(out).read()).group(1)
+
+
+def inject(ctl, flip, addr):
+    r = subprocess.run([us, "inject", "--control", ctl, "--replica", flip, "bitflip",
+                        "--address", addr], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("inject failed: %s %s" % (r.stdout, r.stderr))
+
+
+def stop(run):
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+
+
+def run_case(flip, d):
+    ctl, port, out, err, run = start(d)
     replies, problems = [], []
     try:
-        deadline = time.monotonic() + 20
-        while not re.search(r"addr 0x[0-9a-f]+", open(out).read()) or \
-                len(status(ctl).get("backups") or []) < 2:
-            if time.monotonic() > deadline or run.poll() is not None:
-                raise RuntimeError("server did not start: " + open(err).read()[-500:])
-            time.sleep(0.05)
-        addr = re.search(r"addr (0x[0-9a-f]+)", open(out).read()).group(1)
+        addr = wait_ready(ctl, out, err, run)
         c = socket.create_connection(("127.0.0.1", port), timeout=10)
         f = c.makefile("r")
 
@@ -62,10 +97,7 @@ def run_case(flip, d):
                 replies.append(f.readline().strip())
         ask(20)
         time.sleep(0.2)  # let the backups replay up to here
-        r = subprocess.run([us, "inject", "--control", ctl, "--replica", flip, "bitflip",
-                            "--address", addr], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("inject failed: %s %s" % (r.stdout, r.stderr))
+        inject(ctl, flip, addr)
         ask(1)
         time.sleep(1.0)  # the vote
         ask(20)
@@ -77,10 +109,65 @@ def run_case(flip, d):
         problems.append("%s: %s" % (type(ex).__name__, ex))
         st = {}
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        stop(run)
     return replies, st, open(err).read(), problems
+
+
+GOOD_T = GOOD + " ++"   # popcount(0x5eed5eed5eed5eed) % 7 == 2
+NCONN = 3
+
+
+def run_threaded_case(d):
+    ctl, port, out, err, run = start(d, ["-t"])
+    replies = [[] for _ in range(NCONN)]
+    problems, stop_at, stalled, fresh = [], [0.0], [], []
+    try:
+        addr = wait_ready(ctl, out, err, run)
+
+        def client(i):
+            try:
+                c = socket.create_connection(("127.0.0.1", port), timeout=3)
+                f = c.makefile("r")
+                while time.monotonic() < stop_at[0]:
+                    c.sendall(b"q\nq\n")
+                    for _ in range(2):
+                        line = f.readline()
+                        if not line:
+                            raise ConnectionError("EOF")
+                        replies[i].append(line.rstrip("\n"))
+                c.close()
+            except socket.timeout:
+                stalled.append(i)
+            except Exception as ex:  # noqa: BLE001
+                problems.append("connection %d: %s: %s" % (i, type(ex).__name__, ex))
+        stop_at[0] = time.monotonic() + 30
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(NCONN)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        inject(ctl, "primary", addr)
+        deadline = time.monotonic() + 15
+        while not status(ctl).get("failovers") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # correct replies from the new primary
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        f = c.makefile("r")
+        for _ in range(20):
+            c.sendall(b"q\n")
+            fresh.append(f.readline().rstrip("\n"))
+        c.close()
+        stop_at[0] = 0
+        for t in threads:
+            t.join(15)
+        st = status(ctl)
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=20)
+    except Exception as ex:  # noqa: BLE001
+        problems.append("%s: %s" % (type(ex).__name__, ex))
+        st = {}
+    finally:
+        stop(run)
+    return replies, st, open(err).read(), problems, stalled, fresh
 
 
 with tempfile.TemporaryDirectory(prefix="us-vote-") as d:
@@ -114,6 +201,26 @@ if st.get("failovers") != 1:
     failures.append("primary flipped: expected one failover, status %s" % st)
 if st.get("divergences") != 2:
     failures.append("primary flipped: status should count the 2 backups' divergences: %s" % st)
+with tempfile.TemporaryDirectory(prefix="us-vote-") as d:
+    replies, st, err, problems, stalled, fresh = run_threaded_case(d)
+print(err[-6000:])
+failures += ["threads, primary flipped: " + p for p in problems]
+if "majority vote" not in err or "the primary is faulty" not in err:
+    failures.append("threads, primary flipped: no majority vote against the primary")
+if st.get("failovers") != 1:
+    failures.append("threads, primary flipped: expected one failover, status %s" % st)
+if fresh != [GOOD_T] * 20:
+    failures.append("threads: a connection opened after the takeover got %r" % fresh[:4])
+for i, rs in enumerate(replies):
+    bad = [j for j, r in enumerate(rs) if r != GOOD_T]
+    print("threads: connection %d: %d replies, %d wrong (from the faulty primary)%s"
+          % (i, len(rs), len(bad), ", then stalled" if i in stalled else ""))
+    if len(rs) < 100 or rs[0] != GOOD_T:
+        failures.append("threads: connection %d: too few replies or wrong from the start:"
+                        " %d" % (i, len(rs)))
+    elif bad and i not in stalled and len(rs) - 1 - bad[-1] < 20:
+        failures.append("threads: connection %d: no correct reply after the takeover"
+                        " (%d wrong of %d)" % (i, len(bad), len(rs)))
 for f in failures:
     print("FAIL:", f)
 sys.exit(1 if failures else 0)
