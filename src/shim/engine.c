@@ -376,8 +376,10 @@ static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc 
             f->written += ret;
         break;
     case K_CLOSE:
-        if (f && ret == 0)
+        if (f && ret == 0) {
+            us_pushback_unwake((int)a[0]);
             memset(f, 0, sizeof(*f));
+        }
         break;
     case K_DUP:
         if (ret >= 0 && f)

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -26,6 +27,7 @@
 #include "understudy/ctl_protocol.h"
 
 long us_spawn_keeper(void);
+static void wake_for_pushback(void);
 
 static int promote_state; /* 0 not yet, 1 under way, 2 done */
 
@@ -107,7 +109,22 @@ static struct sigfd_reg sigfd_regs[16];
 void us_note_epoll_ctl(const long *a, long ret)
 {
     struct us_fd *f = us_fd_get(a[2]);
-    if (ret < 0 || !f || f->kind != US_FD_SIGNALFD)
+    if (ret < 0 || !f)
+        return;
+    /* where each fd waits, for a wake-up after a replay cut (below) */
+    if (a[1] == EPOLL_CTL_DEL) {
+        if (f->ep_fd1 == (int32_t)a[0] + 1) {
+            f->ep_fd1 = 0;
+            us_pushback_unwake((int)a[2]);
+        }
+    } else if (a[3]) {
+        struct epoll_event ev;
+        memcpy(&ev, (const void *)a[3], sizeof(ev));
+        f->ep_fd1 = (int32_t)a[0] + 1;
+        f->ep_events = ev.events;
+        f->ep_data = ev.data.u64;
+    }
+    if (f->kind != US_FD_SIGNALFD)
         return;
     struct sigfd_reg *free_slot = NULL;
     for (unsigned i = 0; i < sizeof(sigfd_regs) / sizeof(sigfd_regs[0]); i++) {
@@ -196,6 +213,7 @@ static void promote_process(void)
     }
     US_SYSCALL1(SYS_close, us_null_fd);
     us_fds[us_null_fd].kind = US_FD_NONE;
+    wake_for_pushback();
 
     /* 2. what the dead primary had in flight */
     for (int fd = 0; fd < US_MAX_FDS; fd++)
@@ -263,6 +281,121 @@ static void drop_orphan_rings(void)
     }
 }
 
+/*
+ * After a cut, what is left of the rings is the faulty primary's doing past
+ * the point where this replica goes live, but the socket input it read there
+ * is gone from the kernel: without it, requests would be lost and their
+ * clients wait for ever. It is kept here, per fd in ring order, and handed
+ * to the fd's next reads (us_sock_read); an fd the program waits for in an
+ * epoll set gets an eventfd in that set with the same data, so its
+ * epoll_wait reports the fd readable until the input is read. (Output the
+ * faulty primary sent in reply is skipped as after any failover: a reply
+ * that differs, the fault's own effect, cannot be recalled.)
+ */
+#define PUSHBACK_BYTES (8u << 20)
+struct pb_chunk {
+    int32_t fd;
+    uint32_t len, used, pad;
+};
+static uint8_t pushback[PUSHBACK_BYTES] __attribute__((aligned(8)));
+static uint32_t pushback_end;
+
+static void stash_unread_input(unsigned r, uint64_t *kept, uint64_t *lost)
+{
+    const struct us_event *ev;
+    while ((ev = us_ring_peek(&us_log_, r, us_slot)) && ev != US_RING_CORRUPT) {
+        struct us_fd *f = us_fd_get(ev->fd);
+        if (ev->type == US_EV_SYSCALL && (ev->flags & US_EVF_RECV_SLOT) && ev->ret > 0 && f &&
+            f->kind == US_FD_SOCKET) {
+            const struct us_blob *b = (const struct us_blob *)((const uint8_t *)(ev + 1) +
+                                                               sizeof(struct us_recv_slot));
+            uint32_t need = (uint32_t)sizeof(struct pb_chunk) + us_align8(b->len);
+            if (b->len != (uint64_t)ev->ret || need > PUSHBACK_BYTES - pushback_end) {
+                *lost += (uint64_t)ev->ret;
+            } else {
+                struct pb_chunk *c = (struct pb_chunk *)(pushback + pushback_end);
+                c->fd = ev->fd;
+                c->len = b->len;
+                c->used = 0;
+                memcpy(c + 1, b + 1, b->len);
+                if (!f->pb_len)
+                    f->pb_next = pushback_end;
+                f->pb_len += b->len;
+                pushback_end += need;
+                *kept += b->len;
+            }
+        } else if (ev->type == US_EV_SYSCALL && ev->ret > 0 && f && f->kind == US_FD_SOCKET &&
+                   (ev->nr == SYS_read || ev->nr == SYS_readv || ev->nr == SYS_recvfrom ||
+                    ev->nr == SYS_recvmsg)) {
+            *lost += (uint64_t)ev->ret; /* not kept: a read through iovecs */
+        }
+        us_ring_consume(&us_log_, r, us_slot, ev);
+    }
+    us_end_replay_here(r);
+}
+
+/* Once the real fds are in place: an eventfd in the epoll set of each fd
+ * with input kept, standing for it. */
+static void wake_for_pushback(void)
+{
+    for (int fd = 0; fd < US_MAX_FDS; fd++) {
+        struct us_fd *f = &us_fds[fd];
+        if (!f->pb_len || !f->ep_fd1 || !(f->ep_events & EPOLLIN))
+            continue;
+        long efd = US_SYSCALL2(SYS_eventfd2, 1, EFD_CLOEXEC | EFD_NONBLOCK);
+        long hi = efd < 0 ? efd : US_SYSCALL3(SYS_fcntl, efd, F_DUPFD_CLOEXEC, us_ctl_fd - 512);
+        if (efd >= 0)
+            US_SYSCALL1(SYS_close, efd);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = f->ep_data};
+        if (hi < 0 || US_SYSCALL4(SYS_epoll_ctl, f->ep_fd1 - 1, EPOLL_CTL_ADD, hi, &ev) < 0) {
+            us_say("fd %d: cannot wake its epoll set for the input kept (%ld): it waits for "
+                   "new input", fd, hi);
+            if (hi >= 0)
+                US_SYSCALL1(SYS_close, hi);
+            continue;
+        }
+        us_fds[hi].kind = US_FD_SHIM;
+        f->pb_wake = (int32_t)hi;
+    }
+}
+
+void us_pushback_unwake(int fd)
+{
+    struct us_fd *f = us_fd_get(fd);
+    if (!f || !f->pb_wake)
+        return;
+    if (f->ep_fd1)
+        US_SYSCALL4(SYS_epoll_ctl, f->ep_fd1 - 1, EPOLL_CTL_DEL, f->pb_wake, 0);
+    US_SYSCALL1(SYS_close, f->pb_wake);
+    us_fds[f->pb_wake].kind = US_FD_NONE;
+    f->pb_wake = 0;
+}
+
+uint32_t us_pushback_take(int fd, void *buf, uint32_t len)
+{
+    struct us_fd *f = us_fd_get(fd);
+    uint32_t got = 0, off = f->pb_next;
+    while (got < len && f->pb_len && off < pushback_end) {
+        struct pb_chunk *c = (struct pb_chunk *)(pushback + off);
+        if (c->fd == fd && c->used < c->len) {
+            uint32_t n = c->len - c->used < len - got ? c->len - c->used : len - got;
+            memcpy((uint8_t *)buf + got, (uint8_t *)(c + 1) + c->used, n);
+            c->used += n;
+            got += n;
+            f->pb_len -= n;
+            if (c->used < c->len)
+                break;
+        }
+        off += (uint32_t)sizeof(*c) + us_align8(c->len);
+    }
+    f->pb_next = off;
+    if (off >= pushback_end)
+        f->pb_len = 0;
+    if (!f->pb_len)
+        us_pushback_unwake(fd);
+    return got;
+}
+
 /* Every thread's ring consumed: no thread of ours still has to replay. */
 static int all_drained(void)
 {
@@ -310,10 +443,15 @@ void us_promote(struct us_thread *t)
     if (__atomic_compare_exchange_n(&promote_state, &expected, 1, 0, __ATOMIC_ACQ_REL,
                                     __ATOMIC_ACQUIRE)) {
         if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)) {
+            uint64_t kept = 0, lost = 0;
             for (unsigned r = 0; r < US_MAX_THREADS; r++)
                 if (parked[r])
-                    us_end_replay_here(r);
+                    stash_unread_input(r, &kept, &lost);
             drop_orphan_rings();
+            if (kept || lost)
+                us_say("kept %lu bytes of input the faulty primary read past the point of "
+                       "divergence for the program to read again%s", (unsigned long)kept,
+                       lost ? "; more was lost (too much, or not a plain socket read)" : "");
         }
         promote_process();
         __atomic_store_n(&promote_state, 2, __ATOMIC_RELEASE);

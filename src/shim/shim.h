@@ -75,6 +75,12 @@ struct us_fd {
     int64_t sent_base;   /* TCP: kernel's sent count before the first write */
     int64_t fpos;        /* file: offset after the last logged op, -1 unknown */
     int64_t skip;        /* after promotion: output bytes already in the kernel */
+    int32_t ep_fd1;      /* the epoll set it was last added to, + 1 (0: none), */
+    uint32_t ep_events;  /* and its registration there */
+    uint64_t ep_data;
+    uint32_t pb_len;     /* after a replay cut: input the faulty primary read */
+    uint32_t pb_next;    /* ahead, still to hand out (promote.c), where, */
+    int32_t pb_wake;     /* and the eventfd that wakes ep_fd1 for it (0: none) */
 };
 
 #define US_MAX_FDS 65536
@@ -157,6 +163,11 @@ void us_thread_joined(unsigned long thread);
  * us_end_replay_here (engine.c) drops what is left of the thread's ring. */
 void us_promote(struct us_thread *t);
 void us_end_replay_here(unsigned ring);
+/* Input of fd that a faulty primary read past the cut: up to len bytes of
+ * it into buf (the fd's pb_len says if there is any). */
+uint32_t us_pushback_take(int fd, void *buf, uint32_t len);
+/* The fd is closed or leaves its epoll set: its wake-up goes. */
+void us_pushback_unwake(int fd);
 long us_orphan_accept(int listen_fd, int flags);
 
 /* fds */

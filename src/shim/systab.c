@@ -264,9 +264,16 @@ long us_sock_read(struct us_thread *t, long nr, long *a)
     b->reserved = 0;
     __atomic_store_n(&c->pending, c->head, __ATOMIC_RELEASE);
     long flags = nr == SYS_recvfrom ? a[3] : 0;
-    long r = US_SYSCALL5(SYS_recvmmsg, a[0], s, 1, flags, 0);
-    if (r == 1)
-        r = s->msg_len;
+    long r;
+    if (US_UNLIKELY(f->pb_len)) {
+        /* input a faulty primary read past a replay cut (promote.c) */
+        r = us_pushback_take((int)a[0], b + 1, (uint32_t)want);
+        s->msg_len = (uint32_t)r;
+    } else {
+        r = US_SYSCALL5(SYS_recvmmsg, a[0], s, 1, flags, 0);
+        if (r == 1)
+            r = s->msg_len;
+    }
     ev->ret = r;
     b->len = r > 0 ? (uint32_t)r : 0;
     us_publish_call(t, ev,

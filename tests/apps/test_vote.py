@@ -13,16 +13,22 @@ flip_target (tests/apps/flip_target.c) runs under `understudy run
      same connection: at most the faulty primary's one reply is wrong, every
      later one is the original value again, with no reset.
   3. flip_target -t (a thread per connection, all taking one mutex; a flip
-     changes the size of the replies): three connections ask without pause
-     and the bit is flipped in the primary. The backups' thread of the
-     connection that saw the flip differs in a call, not only in bytes, while
-     the faulty primary's other threads logged more operations on the mutex
-     after it: the winner must stop every thread's replay there and go live
-     (not wait for the rest of the faulty log, which never comes): a failover
-     within seconds, status answering, a new connection served correctly, and
-     no connection reset. (A connection whose request the faulty primary read
-     after the point of divergence may wait for ever: that input is lost,
-     README "What is replicated"; such stalls are counted, not failed.)
+     changes the size of the replies that show `answer`): one connection asks
+     for `answer`, two others ping ("pong <n>", which the flip does not
+     touch), all without pause, and the bit is flipped in the primary. The
+     backups' thread of the asking connection differs in a call, not only in
+     bytes, while the faulty primary's other threads logged more operations
+     on the mutex after it: the winner must stop every thread's replay there
+     and go live (not wait for the rest of the faulty log, which never
+     comes), and hand the program again the input the faulty primary had
+     read past that point: the pinging connections must go on across the
+     takeover with every pong number once, in order, and no stall; a new
+     connection is served correctly; no connection is reset. (The asking
+     connection got the faulty primary's wrong replies, which cannot be
+     recalled; it may wait for ever, and that is counted, not failed.)
+  4. The same with flip_target -e: one thread serves the three connections
+     from one epoll set, so the input kept for the pinging connections must
+     also make epoll_wait report them readable.
 Exit 0 pass, 1 fail, 77 skip.
 """
 import json
@@ -117,10 +123,10 @@ GOOD_T = GOOD + " ++"   # popcount(0x5eed5eed5eed5eed) % 7 == 2
 NCONN = 3
 
 
-def run_threaded_case(d):
-    ctl, port, out, err, run = start(d, ["-t"])
+def run_threaded_case(d, flag):
+    ctl, port, out, err, run = start(d, [flag])
     replies = [[] for _ in range(NCONN)]
-    problems, stop_at, stalled, fresh = [], [0.0], [], []
+    problems, stop_at, stalled, fresh, at_failover = [], [0.0], [], [], []
     try:
         addr = wait_ready(ctl, out, err, run)
 
@@ -128,8 +134,9 @@ def run_threaded_case(d):
             try:
                 c = socket.create_connection(("127.0.0.1", port), timeout=3)
                 f = c.makefile("r")
+                req = b"q\nq\n" if i == 0 else b"p\np\n"
                 while time.monotonic() < stop_at[0]:
-                    c.sendall(b"q\nq\n")
+                    c.sendall(req)
                     for _ in range(2):
                         line = f.readline()
                         if not line:
@@ -149,6 +156,7 @@ def run_threaded_case(d):
         deadline = time.monotonic() + 15
         while not status(ctl).get("failovers") and time.monotonic() < deadline:
             time.sleep(0.05)
+        at_failover[:] = [len(r) for r in replies]
         time.sleep(1.0)  # correct replies from the new primary
         c = socket.create_connection(("127.0.0.1", port), timeout=10)
         f = c.makefile("r")
@@ -167,7 +175,7 @@ def run_threaded_case(d):
         st = {}
     finally:
         stop(run)
-    return replies, st, open(err).read(), problems, stalled, fresh
+    return replies, st, open(err).read(), problems, stalled, fresh, at_failover
 
 
 with tempfile.TemporaryDirectory(prefix="us-vote-") as d:
@@ -201,26 +209,38 @@ if st.get("failovers") != 1:
     failures.append("primary flipped: expected one failover, status %s" % st)
 if st.get("divergences") != 2:
     failures.append("primary flipped: status should count the 2 backups' divergences: %s" % st)
-with tempfile.TemporaryDirectory(prefix="us-vote-") as d:
-    replies, st, err, problems, stalled, fresh = run_threaded_case(d)
-print(err[-6000:])
-failures += ["threads, primary flipped: " + p for p in problems]
-if "majority vote" not in err or "the primary is faulty" not in err:
-    failures.append("threads, primary flipped: no majority vote against the primary")
-if st.get("failovers") != 1:
-    failures.append("threads, primary flipped: expected one failover, status %s" % st)
-if fresh != [GOOD_T] * 20:
-    failures.append("threads: a connection opened after the takeover got %r" % fresh[:4])
-for i, rs in enumerate(replies):
-    bad = [j for j, r in enumerate(rs) if r != GOOD_T]
-    print("threads: connection %d: %d replies, %d wrong (from the faulty primary)%s"
-          % (i, len(rs), len(bad), ", then stalled" if i in stalled else ""))
-    if len(rs) < 100 or rs[0] != GOOD_T:
-        failures.append("threads: connection %d: too few replies or wrong from the start:"
-                        " %d" % (i, len(rs)))
-    elif bad and i not in stalled and len(rs) - 1 - bad[-1] < 20:
-        failures.append("threads: connection %d: no correct reply after the takeover"
-                        " (%d wrong of %d)" % (i, len(bad), len(rs)))
+for flag, name in (("-t", "threads"), ("-e", "epoll")):
+    with tempfile.TemporaryDirectory(prefix="us-vote-") as d:
+        replies, st, err, problems, stalled, fresh, at_failover = run_threaded_case(d, flag)
+    print(err[-6000:])
+    failures += [name + ", primary flipped: " + p for p in problems]
+    if "majority vote" not in err or "the primary is faulty" not in err:
+        failures.append(name + ", primary flipped: no majority vote against the primary")
+    if st.get("failovers") != 1:
+        failures.append(name + ", primary flipped: expected one failover, status %s" % st)
+    if fresh != [GOOD_T] * 20:
+        failures.append(name + ": a connection opened after the takeover got %r" % fresh[:4])
+    for i, rs in enumerate(replies[1:], 1):
+        after = len(rs) - (at_failover[i] if at_failover else len(rs))
+        print(name + ": pinging connection %d: %d pongs, %d after the takeover%s"
+              % (i, len(rs), after, ", then stalled" if i in stalled else ""))
+        wrong = [j for j, r in enumerate(rs) if r != "pong %d" % (j + 1)]
+        if wrong:
+            failures.append(name + ": pinging connection %d: pong %d is %r (lost or repeated"
+                            " input)" % (i, wrong[0] + 1, rs[wrong[0]]))
+        if i in stalled or after < 50:
+            failures.append(name + ": pinging connection %d stalled after the takeover (%d"
+                            " pongs after it): its input was lost" % (i, after))
+    for i, rs in enumerate(replies[:1]):
+        bad = [j for j, r in enumerate(rs) if r != GOOD_T]
+        print(name + ": connection %d: %d replies, %d wrong (from the faulty primary)%s"
+              % (i, len(rs), len(bad), ", then stalled" if i in stalled else ""))
+        if len(rs) < 100 or rs[0] != GOOD_T:
+            failures.append(name + ": connection %d: too few replies or wrong from the start:"
+                            " %d" % (i, len(rs)))
+        elif bad and i not in stalled and len(rs) - 1 - bad[-1] < 20:
+            failures.append(name + ": connection %d: no correct reply after the takeover"
+                            " (%d wrong of %d)" % (i, len(bad), len(rs)))
 for f in failures:
     print("FAIL:", f)
 sys.exit(1 if failures else 0)
