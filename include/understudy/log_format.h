@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define US_LOG_MAGIC 0x474f4c5955445355ull /* "USDYLOG" little-endian-ish */
-#define US_LOG_VERSION 2u
+#define US_LOG_VERSION 3u
 
 #define US_MAX_THREADS 64  /* logical threads per replicated program */
 #define US_MAX_REPLICAS 8  /* primary + backups */
@@ -230,6 +230,9 @@ struct us_log_header {
     int32_t program_pid;    /* the pid the program sees, whichever replica
                                serves it: the first primary's */
     int32_t supervisor_pid; /* keepers exit when it is gone */
+    uint32_t program_exiting; /* the primary called exit_group: a backup that
+                                 ends now is ending with it, not failing */
+    int32_t program_exit_code;
     struct us_replica replica[US_MAX_REPLICAS];
     struct us_ring_ctl ring[US_MAX_THREADS];
 };

@@ -62,9 +62,18 @@ struct heap {
 
 /* A depot holds batches of exactly batch_of(c) blocks: a batch is linked
  * through the blocks' first words, batches through the head's second. */
+#define DEPOT_LATER 8
+
 struct depot {
     struct us_ord ord;
     void *top;
+    /* backup: PUTs that came before their turn, done by whoever takes the
+     * turn before them (depot_op) */
+    uint32_t nlater;
+    struct {
+        uint32_t version;
+        void *batch;
+    } later[DEPOT_LATER];
 };
 
 static struct heap heaps[NHEAPS];
@@ -253,9 +262,46 @@ static void *depot_pop(struct depot *d)
     return b;
 }
 
+/*
+ * Backup: a PUT whose turn has not come is left for the thread whose turn
+ * comes before it, and the free returns at once. It must not wait: glibc
+ * frees a thread's TLS holding a lock of its own (the stack list's, as a
+ * detached thread ends or a joiner reaps one), and the thread whose turn
+ * comes first may be waiting for that very lock, which it took first in the
+ * primary but not here. 1 if left; under the depot's order lock.
+ */
+static int put_later(struct depot *d, uint32_t version, void *batch)
+{
+    uint32_t cur = __atomic_load_n(&d->ord.version, __ATOMIC_ACQUIRE);
+    if ((int32_t)(cur - (version - 1)) >= 0 || d->nlater == DEPOT_LATER)
+        return 0;
+    d->later[d->nlater].version = version;
+    d->later[d->nlater].batch = batch;
+    d->nlater++;
+    return 1;
+}
+
+/* The PUTs left for after `version`, in their order; the depot's version
+ * when done. Under the depot's order lock. */
+static uint32_t put_left(struct depot *d, uint32_t version)
+{
+    for (unsigned i = 0; i < d->nlater;) {
+        if (d->later[i].version != version + 1) {
+            i++;
+            continue;
+        }
+        depot_push(d, d->later[i].batch);
+        version++;
+        d->later[i] = d->later[--d->nlater];
+        i = 0;
+    }
+    return version;
+}
+
 /* One depot operation: PUT of `batch`, or TAKE (returns the batch or NULL).
  * The primary holds the depot's order lock over operation and record; a
- * backup waits for its turn and checks it got what the primary got. */
+ * backup waits for its turn (a PUT need not: put_later) and checks it got
+ * what the primary got. */
 static void *depot_op(struct us_thread *t, int op, unsigned c, void *batch)
 {
     struct depot *d = &depots[c];
@@ -265,14 +311,26 @@ static void *depot_op(struct us_thread *t, int op, unsigned c, void *batch)
             if (ev->aux != c)
                 us_diverged_at(t, ev, "a malloc of another size class");
             uint32_t version = (uint32_t)ev->check;
+            if (op == US_SYNC_HEAP_PUT) {
+                us_ord_lock(&d->ord);
+                int later = put_later(d, version, batch);
+                us_ord_unlock(&d->ord);
+                if (later) {
+                    us_consume(t, ev);
+                    return batch;
+                }
+            }
             if (us_ord_wait(&d->ord, version) < 0)
                 goto live;
             us_ord_lock(&d->ord);
             void *got = op == US_SYNC_HEAP_PUT ? (depot_push(d, batch), batch) : depot_pop(d);
+            /* the version is set under the lock, where put_later looks */
+            uint32_t done = put_left(d, version);
+            __atomic_store_n(&d->ord.version, done, __ATOMIC_RELEASE);
             us_ord_unlock(&d->ord);
             if (op == US_SYNC_HEAP_TAKE && (got != NULL) != (ev->ret != 0))
                 us_diverged_at(t, ev, "a malloc that found the depot otherwise");
-            us_ord_set(&d->ord, version);
+            us_ord_set(&d->ord, done);
             us_consume(t, ev);
             return got;
         }

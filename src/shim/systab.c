@@ -388,6 +388,19 @@ static long sp_exit(struct us_thread *t, long nr, long *a)
         US_SYSCALL1(SYS_exit, a[0]);
 }
 
+/* The program's end: the primary says so in the header first, so that the
+ * supervisor takes a backup that gets there before the primary is reaped
+ * for one ending with it, not one failing. */
+static long sp_exit_group(struct us_thread *t, long nr, long *a)
+{
+    (void)nr;
+    if (t->mode == US_MODE_RECORD) {
+        us_log_.hdr->program_exit_code = (int32_t)a[0];
+        __atomic_store_n(&us_log_.hdr->program_exiting, 1, __ATOMIC_RELEASE);
+    }
+    return US_SYSCALL1(SYS_exit_group, a[0]); /* does not return */
+}
+
 static long sp_rt_sigaction(struct us_thread *t, long nr, long *a)
 {
     (void)t;
@@ -537,7 +550,7 @@ const struct us_sysdesc us_systab[US_NSYSCALLS] = {
     PASS(SYS_set_tid_address), PASS(SYS_arch_prctl), PASS(SYS_prctl),
     PASS(SYS_rt_sigprocmask), PASS(SYS_sigaltstack), PASS(SYS_rt_sigpending),
     PASS(SYS_sched_yield), PASS(SYS_nanosleep), PASS(SYS_clock_nanosleep),
-    SPECIAL(SYS_exit, sp_exit), PASS(SYS_exit_group),
+    SPECIAL(SYS_exit, sp_exit), SPECIAL(SYS_exit_group, sp_exit_group),
     PASS(SYS_getuid), PASS(SYS_geteuid), PASS(SYS_getgid), PASS(SYS_getegid),
     PASS(SYS_getgroups), PASS(SYS_getresuid), PASS(SYS_getresgid), PASS(SYS_capget),
     /* dropping privileges: the same change of this process in every replica */

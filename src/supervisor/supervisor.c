@@ -469,6 +469,14 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
     }
     if (slot != s->primary) {
         __atomic_store_n(&s->log.hdr->replica[slot].state, US_REPLICA_DEAD, __ATOMIC_RELEASE);
+        if (WIFEXITED(st) && __atomic_load_n(&s->log.hdr->program_exiting, __ATOMIC_ACQUIRE)) {
+            /* it replayed the program's end before the primary was reaped */
+            if (WEXITSTATUS(st) != (s->log.hdr->program_exit_code & 0xff))
+                us_say_sup(s, "backup pid %d ended with status %d, the primary with %d: they "
+                              "diverged", (int)p->pid, WEXITSTATUS(st),
+                           s->log.hdr->program_exit_code & 0xff);
+            return;
+        }
         if (!s->shutting_down && state != US_REPLICA_RETIRED)
             us_say_sup(s, "backup pid %d died (%s %d); running with fewer replicas",
                        (int)p->pid, WIFSIGNALED(st) ? "signal" : "status",
