@@ -2,6 +2,7 @@
  * main.c - the understudy command line (docs/cli.md).
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,9 +65,7 @@ static void default_cpus(struct us_run_options *o, long ncpu)
         CPU_SET((int)c, &o->cpus[0]);
     for (int r = 1; r < o->replicas; r++)
         CPU_SET((int)((ncpu - r % ncpu) % ncpu), &o->cpus[r]);
-    if (!o->quiet)
-        fprintf(stderr, "understudy: %d replicas on %ld CPUs: the primary may use every CPU, "
-                        "each backup one (give --cpus to choose)\n", o->replicas, ncpu);
+    o->cpus_shared = 1; /* said once the run starts (us_run) */
 }
 
 /* "0-1/2,3" -> one CPU set per replica. */
@@ -196,6 +195,21 @@ static int cmd_run(int argc, char **argv)
             fprintf(stderr, "understudy: --cpus gives %d CPU set(s) for %d replicas\n", n,
                     o.replicas);
             return 2;
+        }
+        cpu_set_t allowed;
+        if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0) {
+            for (int r = 0; r < n; r++) {
+                if (CPU_COUNT(&o.cpus[r]) == 0) {
+                    fprintf(stderr, "understudy: --cpus '%s': set %d is empty\n", cpus, r + 1);
+                    return 2;
+                }
+                for (int c = 0; c < CPU_SETSIZE; c++)
+                    if (CPU_ISSET(c, &o.cpus[r]) && !CPU_ISSET(c, &allowed)) {
+                        fprintf(stderr, "understudy: --cpus '%s': CPU %d is not one this "
+                                        "machine lets us use (%ld online)\n", cpus, c, ncpu);
+                        return 2;
+                    }
+            }
         }
     } else {
         default_cpus(&o, ncpu);

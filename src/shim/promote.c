@@ -371,23 +371,27 @@ void us_pushback_unwake(int fd)
     f->pb_wake = 0;
 }
 
-uint32_t us_pushback_take(int fd, void *buf, uint32_t len)
+uint32_t us_pushback_take(int fd, void *buf, uint32_t len, int peek)
 {
     struct us_fd *f = us_fd_get(fd);
     uint32_t got = 0, off = f->pb_next;
-    while (got < len && f->pb_len && off < pushback_end) {
+    while (got < len && got < f->pb_len && off < pushback_end) {
         struct pb_chunk *c = (struct pb_chunk *)(pushback + off);
         if (c->fd == fd && c->used < c->len) {
             uint32_t n = c->len - c->used < len - got ? c->len - c->used : len - got;
             memcpy((uint8_t *)buf + got, (uint8_t *)(c + 1) + c->used, n);
-            c->used += n;
             got += n;
-            f->pb_len -= n;
+            if (peek)
+                break; /* a peek looks at the first chunk only: a short read */
+            c->used += n;
             if (c->used < c->len)
                 break;
         }
         off += (uint32_t)sizeof(*c) + us_align8(c->len);
     }
+    if (peek)
+        return got;
+    f->pb_len -= got;
     f->pb_next = off;
     if (off >= pushback_end)
         f->pb_len = 0;

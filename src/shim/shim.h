@@ -164,8 +164,8 @@ void us_thread_joined(unsigned long thread);
 void us_promote(struct us_thread *t);
 void us_end_replay_here(unsigned ring);
 /* Input of fd that a faulty primary read past the cut: up to len bytes of
- * it into buf (the fd's pb_len says if there is any). */
-uint32_t us_pushback_take(int fd, void *buf, uint32_t len);
+ * it into buf, left in place if peek (the fd's pb_len says if there is any). */
+uint32_t us_pushback_take(int fd, void *buf, uint32_t len, int peek);
 /* The fd is closed or leaves its epoll set: its wake-up goes. */
 void us_pushback_unwake(int fd);
 long us_orphan_accept(int listen_fd, int flags);

@@ -555,7 +555,71 @@ US_EXPORT int sem_getvalue(sem_t *restrict s, int *restrict value)
  * arrival is logged before waiting, so that at a promotion a backup thread
  * whose twin passed the barrier is not left waiting for a partner whose
  * arrival the dead primary never logged: that partner goes live and arrives.
+ *
+ * A round a promotion splits (some threads' results logged, others' not)
+ * must still name one serial thread: the logged results give the primary's
+ * choice, not the barrier here. Per barrier, a backup numbers the arrivals
+ * (round = arrival / count: every arrival of a round comes before any of
+ * the next, which needs the round passed) and counts the rounds whose
+ * serial thread it has named; a thread left without a logged result is its
+ * round's serial one if the round has none yet. By then every logged result
+ * of the round has been handed out (the promotion waited for every ring to
+ * be replayed). Threads of that round that arrive live name theirs the same
+ * way, and so does every later round of a barrier the replica replayed: the
+ * barrier's own choice could be a second serial thread in the split round.
  */
+#define BARRIER_SLOTS 64
+static struct {
+    uintptr_t addr;
+    uint32_t arrivals, serials;
+} barriers[BARRIER_SLOTS];
+
+/* Threads per round: glibc's struct pthread_barrier {in, current_round,
+ * count, shared, out} (nptl, since 2.23). */
+static uint32_t barrier_count(const pthread_barrier_t *b)
+{
+    uint32_t count;
+    memcpy(&count, (const char *)b + 2 * sizeof(uint32_t), sizeof(count));
+    return count ? count : 1;
+}
+
+/* The barrier's slot; a new one if `add`, else -1 if it has none. */
+static int barrier_slot(const pthread_barrier_t *b, int add)
+{
+    uintptr_t a = (uintptr_t)b, none = 0;
+    unsigned i = (unsigned)((a >> 4) * 0x9E3779B1u) % BARRIER_SLOTS;
+    for (unsigned n = 0; n < BARRIER_SLOTS; n++, i = (i + 1) % BARRIER_SLOTS) {
+        uintptr_t cur = __atomic_load_n(&barriers[i].addr, __ATOMIC_ACQUIRE);
+        if (cur == a)
+            return (int)i;
+        if (cur != 0)
+            continue;
+        if (!add)
+            return -1;
+        if (__atomic_compare_exchange_n(&barriers[i].addr, &none, a, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE) || none == a)
+            return (int)i;
+        none = 0;
+    }
+    if (add)
+        us_fatal("more than %d barriers: understudy replicates no more", BARRIER_SLOTS);
+    return -1;
+}
+
+static uint32_t barrier_arrive(int slot, const pthread_barrier_t *b)
+{
+    return __atomic_fetch_add(&barriers[slot].arrivals, 1, __ATOMIC_ACQ_REL) / barrier_count(b);
+}
+
+/* The first thread of `round` to ask is its serial thread. */
+static int barrier_name_serial(int slot, uint32_t round)
+{
+    uint32_t unnamed = round; /* serials == round: the round's is not named yet */
+    return __atomic_compare_exchange_n(&barriers[slot].serials, &unnamed, round + 1, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+               ? PTHREAD_BARRIER_SERIAL_THREAD : 0;
+}
+
 US_EXPORT int pthread_barrier_wait(pthread_barrier_t *b)
 {
     uintptr_t site = SITE;
@@ -564,14 +628,20 @@ US_EXPORT int pthread_barrier_wait(pthread_barrier_t *b)
         struct us_event *ev = us_sync_expect(t, US_SYNC_BARRIER, site);
         if (ev) {
             us_consume(t, ev);
+            int slot = barrier_slot(b, 1);
+            uint32_t round = barrier_arrive(slot, b);
             int r = real.barrier_wait(b);
             ev = us_sync_expect(t, US_SYNC_BARRIER_PASSED, site);
             if (ev) {
                 r = (int)ev->ret;
+                if (r == PTHREAD_BARRIER_SERIAL_THREAD)
+                    __atomic_add_fetch(&barriers[slot].serials, 1, __ATOMIC_ACQ_REL);
                 us_consume(t, ev);
                 return r;
             }
             us_promote(t);
+            if (r == 0 || r == PTHREAD_BARRIER_SERIAL_THREAD)
+                r = barrier_name_serial(slot, round);
             us_sync_record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
             return r;
         }
@@ -579,7 +649,11 @@ US_EXPORT int pthread_barrier_wait(pthread_barrier_t *b)
     }
     if (t)
         us_sync_record(t, US_SYNC_BARRIER, 0, b, 0, 0, site);
+    int slot = t ? barrier_slot(b, 0) : -1; /* replayed here before: we name serials */
+    uint32_t round = slot >= 0 ? barrier_arrive(slot, b) : 0;
     int r = real.barrier_wait(b);
+    if (slot >= 0 && (r == 0 || r == PTHREAD_BARRIER_SERIAL_THREAD))
+        r = barrier_name_serial(slot, round);
     if (t)
         us_sync_record(t, US_SYNC_BARRIER_PASSED, 0, b, 0, r, site);
     return r;

@@ -267,7 +267,7 @@ long us_sock_read(struct us_thread *t, long nr, long *a)
     long r;
     if (US_UNLIKELY(f->pb_len)) {
         /* input a faulty primary read past a replay cut (promote.c) */
-        r = us_pushback_take((int)a[0], b + 1, (uint32_t)want);
+        r = us_pushback_take((int)a[0], b + 1, (uint32_t)want, (flags & MSG_PEEK) != 0);
         s->msg_len = (uint32_t)r;
     } else {
         r = US_SYSCALL5(SYS_recvmmsg, a[0], s, 1, flags, 0);
@@ -394,9 +394,21 @@ static long sp_exit(struct us_thread *t, long nr, long *a)
 static long sp_exit_group(struct us_thread *t, long nr, long *a)
 {
     (void)nr;
+    struct us_log_header *h = us_log_.hdr;
+    if (t->mode == US_MODE_REPLAY) {
+        /* The primary's last record is out before it says it ends: wait for
+         * that (or for its death, and end as the new primary). */
+        while (!__atomic_load_n(&h->program_exiting, __ATOMIC_ACQUIRE) &&
+               !__atomic_load_n(&h->replica[us_slot].promote, __ATOMIC_ACQUIRE)) {
+            struct timespec ts = {0, 100000};
+            US_SYSCALL2(SYS_nanosleep, &ts, 0);
+        }
+        if (!__atomic_load_n(&h->program_exiting, __ATOMIC_ACQUIRE))
+            us_promote(t);
+    }
     if (t->mode == US_MODE_RECORD) {
-        us_log_.hdr->program_exit_code = (int32_t)a[0];
-        __atomic_store_n(&us_log_.hdr->program_exiting, 1, __ATOMIC_RELEASE);
+        h->program_exit_code = (int32_t)a[0];
+        __atomic_store_n(&h->program_exiting, 1, __ATOMIC_RELEASE);
     }
     return US_SYSCALL1(SYS_exit_group, a[0]); /* does not return */
 }

@@ -618,6 +618,40 @@ static char proc_state(pid_t pid)
     return rp && rp[1] == ' ' ? rp[2] : '?';
 }
 
+/* A backup that runs but replays nothing while the log holds events for it
+ * is as hung as a stopped one, and holds the primary back (back-pressure):
+ * past --hang-timeout it is retired. Both must hold: no event replayed and
+ * the oldest event waiting for it older than that (a backup computing as
+ * long as the primary did between two calls replays nothing either, but
+ * stays within the lag bound). */
+static void check_stuck(struct us_supervisor *s, int b, long now)
+{
+    struct us_proc *p = &s->rep[b];
+    uint64_t seq = 0;
+    for (unsigned r = 0; r < US_MAX_THREADS; r++)
+        seq += s->log.hdr->ring[r].consumer[b].seq;
+    if (seq != p->replayed || us_backup_lag(s, b) == 0 ||
+        __atomic_load_n(&s->log.hdr->replica[b].state, __ATOMIC_ACQUIRE) != US_REPLICA_RUNNING) {
+        p->replayed = seq;
+        p->replayed_at_ms = now;
+        return;
+    }
+    if (now - p->replayed_at_ms <= s->opt.hang_timeout_ms ||
+        us_backup_lag_ms(s, b) <= (uint64_t)s->opt.hang_timeout_ms)
+        return;
+    char why[256];
+    int n = snprintf(why, sizeof(why), "it has replayed nothing for longer than --hang-timeout "
+                                       "though the log holds events for it (threads");
+    for (unsigned r = 0; r < US_MAX_THREADS && n < (int)sizeof(why) - 64; r++) {
+        const struct us_ring_ctl *c = &s->log.hdr->ring[r];
+        if (c->in_use && c->consumer[b].seq != c->head_seq)
+            n += snprintf(why + n, sizeof(why) - (size_t)n, " %u at event %lu of %lu", r,
+                          (unsigned long)c->consumer[b].seq, (unsigned long)c->head_seq);
+    }
+    snprintf(why + n, sizeof(why) - (size_t)n, "): stuck; the primary goes on without it");
+    retire_backup(s, b, why);
+}
+
 static void check_hang(struct us_supervisor *s)
 {
     long now = us_now_ms();
@@ -628,6 +662,8 @@ static void check_hang(struct us_supervisor *s)
         char state = proc_state(p->pid);
         if (state != 'T' && state != 't') {
             p->stopped_since_ms = 0;
+            if (i != s->primary)
+                check_stuck(s, i, now);
             continue;
         }
         if (!p->stopped_since_ms) {
@@ -660,6 +696,10 @@ int us_run(struct us_run_options *opt)
     }
     if (us_control_listen(s) < 0)
         return 1;
+    if (opt->cpus_shared && !opt->quiet)
+        fprintf(stderr, "understudy: %d replicas on %ld CPUs: the primary may use every CPU, "
+                        "each backup one (give --cpus to choose)\n", opt->replicas,
+                (long)sysconf(_SC_NPROCESSORS_ONLN));
 
     uint64_t total = us_log_total_size(opt->ring_size);
     s->memfd = memfd_create("understudy-log", MFD_CLOEXEC | MFD_ALLOW_SEALING);

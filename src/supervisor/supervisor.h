@@ -14,7 +14,7 @@
 struct us_run_options {
     int replicas;              /* primary + backups */
     cpu_set_t cpus[US_MAX_REPLICAS];
-    int cpus_given;
+    int cpus_shared;           /* fewer CPUs than replicas + 1: the primary shares */
     int hang_timeout_ms;
     uint64_t max_lag_events;
     uint64_t max_lag_ms;  /* 0: no time bound */
@@ -33,6 +33,8 @@ struct us_proc {
     int keeper_pidfd;
     long stopped_since_ms;     /* seen stopped since (hang detection) */
     long diverged_since_ms;    /* waiting for the vote since */
+    uint64_t replayed;         /* backup: events replayed, at replayed_at_ms */
+    long replayed_at_ms;
 };
 
 struct us_supervisor {

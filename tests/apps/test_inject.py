@@ -8,7 +8,12 @@ echoes lines without pause and checks every reply. Then:
   2. inject hang into the primary: it is declared hung, the last backup takes
      over, the client's connection carries on;
   3. bad requests (an unknown fault, a replica that does not exist) get clear
-     errors and change nothing.
+     errors and change nothing;
+  4. a fresh run with one backup, frozen through the cgroup freezer (root):
+     it neither runs nor shows as stopped, so only its lack of progress while
+     the log holds events for it tells it is stuck; it must be retired within
+     about --hang-timeout and the client go on (skipped, said so, without a
+     v1 freezer).
 Exit 0 pass, 1 fail, 77 skip.
 """
 import os
@@ -115,6 +120,72 @@ with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     for name in ("declaring it hung", "took over"):
         if name not in err:
             failures.append("the run's log does not say '%s'" % name)
+
+FREEZER = "/sys/fs/cgroup/freezer"
+
+
+def frozen_backup_case(d):
+    if os.geteuid() != 0 or not os.path.isdir(FREEZER):
+        print("case 4 skipped: needs root and a v1 freezer cgroup at " + FREEZER)
+        return
+    cg = os.path.join(FREEZER, "us-test-%d" % os.getpid())
+    stop.clear()
+    replies[0] = 0
+    server = h.Server(lambda port: [server_bin, port], d, native=False, understudy=us,
+                      replicas=2, run_args=["--hang-timeout", "300"])
+    try:
+        server.start(h.Deadline(30))
+        server.wait_backup_ready(h.Deadline(10))
+        t = threading.Thread(target=client, args=(server.port,), daemon=True)
+        t.start()
+        time.sleep(0.3)
+        backup = server.status()["backups"][0]["pid"]
+        os.mkdir(cg)
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(backup))
+        with open(os.path.join(cg, "freezer.state"), "w") as f:
+            f.write("FROZEN")
+        t0 = time.monotonic()
+        st = wait_for(server, lambda st: all(b["state"] == "retired" for b in st["backups"]),
+                      "the frozen backup to be retired")
+        if st is not None:
+            print("frozen backup retired after %.0f ms" % ((time.monotonic() - t0) * 1000))
+        # thawed, it dies of the SIGKILL it was sent
+        with open(os.path.join(cg, "freezer.state"), "w") as f:
+            f.write("THAWED")
+        before = replies[0]
+        time.sleep(0.5)
+        if replies[0] <= before + 10:
+            failures.append("frozen backup: the client made no progress once it was retired")
+        stop.set()
+        t.join(10)
+        server.stop(15)
+    except h.TestFailure as e:
+        failures.append(str(e))
+    finally:
+        stop.set()
+        if os.path.isdir(cg):
+            try:
+                with open(os.path.join(cg, "freezer.state"), "w") as f:
+                    f.write("THAWED")
+            except OSError:
+                pass
+        server.cleanup()
+        if os.path.isdir(cg):
+            for _ in range(50):
+                try:
+                    os.rmdir(cg)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+    err = server.stderr_tail(20)
+    print(err)
+    if "stuck" not in err:
+        failures.append("frozen backup: the run's log does not say it was stuck")
+
+
+with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
+    frozen_backup_case(d)
 
 for f in failures:
     print("FAIL:", f)
