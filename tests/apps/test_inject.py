@@ -72,15 +72,23 @@ def wait_for(server, pred, what, seconds=5.0):
     return None
 
 
+def start_with_client(d, replicas):
+    """echo_server under understudy (--hang-timeout 300), its backups ready,
+    and the client thread talking to it."""
+    server = h.Server(lambda port: [server_bin, port], d, native=False, understudy=us,
+                      replicas=replicas, run_args=["--hang-timeout", "300"])
+    server.start(h.Deadline(30))
+    server.wait_backup_ready(h.Deadline(10))
+    t = threading.Thread(target=client, args=(server.port,), daemon=True)
+    t.start()
+    return server, t
+
+
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     h.install_signal_handlers()
-    server = h.Server(lambda port: [server_bin, port], d, native=False, understudy=us,
-                      replicas=3, run_args=["--hang-timeout", "300"])
+    server = None
     try:
-        server.start(h.Deadline(30))
-        server.wait_backup_ready(h.Deadline(10))
-        t = threading.Thread(target=client, args=(server.port,), daemon=True)
-        t.start()
+        server, t = start_with_client(d, 3)
         time.sleep(0.2)
         primary = server.status()["primary"]["pid"]
 
@@ -114,8 +122,9 @@ with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
         failures.append(str(e))
     finally:
         stop.set()
-        server.cleanup()
-        err = server.stderr_tail(20)
+        if server is not None:
+            server.cleanup()
+    err = server.stderr_tail(20) if server is not None else ""
     print(err)
     for name in ("declaring it hung", "took over"):
         if name not in err:
@@ -131,13 +140,9 @@ def frozen_backup_case(d):
     cg = os.path.join(FREEZER, "us-test-%d" % os.getpid())
     stop.clear()
     replies[0] = 0
-    server = h.Server(lambda port: [server_bin, port], d, native=False, understudy=us,
-                      replicas=2, run_args=["--hang-timeout", "300"])
+    server = None
     try:
-        server.start(h.Deadline(30))
-        server.wait_backup_ready(h.Deadline(10))
-        t = threading.Thread(target=client, args=(server.port,), daemon=True)
-        t.start()
+        server, t = start_with_client(d, 2)
         time.sleep(0.3)
         backup = server.status()["backups"][0]["pid"]
         os.mkdir(cg)
@@ -170,7 +175,8 @@ def frozen_backup_case(d):
                     f.write("THAWED")
             except OSError:
                 pass
-        server.cleanup()
+        if server is not None:
+            server.cleanup()
         if os.path.isdir(cg):
             for _ in range(50):
                 try:
@@ -178,7 +184,7 @@ def frozen_backup_case(d):
                     break
                 except OSError:
                     time.sleep(0.1)
-    err = server.stderr_tail(20)
+    err = server.stderr_tail(20) if server is not None else ""
     print(err)
     if "stuck" not in err:
         failures.append("frozen backup: the run's log does not say it was stuck")

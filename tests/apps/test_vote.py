@@ -89,6 +89,14 @@ def stop(run):
         run.wait()
 
 
+def finish(ctl, run):
+    """The run's last status, then SIGTERM and its end."""
+    st = status(ctl)
+    run.send_signal(signal.SIGTERM)
+    run.wait(timeout=20)
+    return st
+
+
 def run_case(flip, d):
     ctl, port, out, err, run = start(d)
     replies, problems = [], []
@@ -108,9 +116,7 @@ def run_case(flip, d):
         time.sleep(1.0)  # the vote
         ask(20)
         c.close()
-        st = status(ctl)
-        run.send_signal(signal.SIGTERM)
-        run.wait(timeout=20)
+        st = finish(ctl, run)
     except Exception as ex:  # noqa: BLE001
         problems.append("%s: %s" % (type(ex).__name__, ex))
         st = {}
@@ -167,9 +173,7 @@ def run_threaded_case(d, flag):
         stop_at[0] = 0
         for t in threads:
             t.join(15)
-        st = status(ctl)
-        run.send_signal(signal.SIGTERM)
-        run.wait(timeout=20)
+        st = finish(ctl, run)
     except Exception as ex:  # noqa: BLE001
         problems.append("%s: %s" % (type(ex).__name__, ex))
         st = {}
