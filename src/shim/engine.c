@@ -142,7 +142,7 @@ static uint64_t fds_pack(const struct fd_versions *o)
 /* Backup: wait for each number's turn (the versions come from the log);
  * -1 if replay was cut short meanwhile. */
 static int fds_wait(long nr, const long *a, const struct us_sysdesc *d, const struct us_event *ev,
-                     struct fd_versions *o)
+                    struct fd_versions *o)
 {
     fds_closed(nr, a, d, o);
     if (!o->n)
