@@ -443,7 +443,50 @@ class Workload:
 # Redis: INCR on one shared key from several connections, SETs of unique keys
 
 
-class RedisWorkload(Workload):
+class StoreWorkload(Workload):
+    """What the Redis and memcached workloads share: clients that store
+    connection i's next key again and again through _set_one(i, cs, conn),
+    on one long connection or on short ones (connect(), 1-4 stores, close:
+    so that faults also land on accept() and close()); _set_failed reports
+    what ended one."""
+
+    def _set_loop(self, i, cs, conn):
+        try:
+            while not self.stop_ev.is_set():
+                if not self._set_one(i, cs, conn):
+                    return
+        except Exception as e:
+            self._set_failed(i, cs, e)
+
+    def _churn_loop(self, i, cs):
+        rng = random.Random(self.salt + i)
+        try:
+            while not self.stop_ev.is_set():
+                conn = self.connect()
+                try:
+                    for _ in range(rng.randint(1, 4)):
+                        if not self._set_one(i, cs, conn):
+                            return
+                finally:
+                    conn.close()
+                self.stop_ev.wait(0.03)
+        except Exception as e:
+            self._set_failed(i, cs, e)
+
+
+def repeated_values(snapshot):
+    """(how many replies, over all connections, repeat a value another gave,
+    the first few such values)."""
+    seen, rep = set(), []
+    for vals in snapshot.values():
+        for v in vals:
+            if v in seen:
+                rep.append(v)
+            seen.add(v)
+    return len(rep), rep[:5]
+
+
+class RedisWorkload(StoreWorkload):
     def __init__(self, port, rng, io_timeout):
         super().__init__(port, rng, io_timeout)
         self.salt = rng.randrange(1 << 30)
@@ -517,6 +560,9 @@ class RedisWorkload(Workload):
         self.set_count[i] = n + 1
         return True
 
+    def connect(self):
+        return rh.Resp(self.port, timeout=self.io_timeout)
+
     def _set_failed(self, i, cs, e):
         """Reports what ended a SET client: a lost connection or anything else."""
         if isinstance(e, rh.ConnLost):
@@ -526,31 +572,6 @@ class RedisWorkload(Workload):
             cat = "corrupt"
             cs.error = (cat, "%s: %r" % (cs.name, e))
         self.problem(cat, cs.error[1])
-
-    def _set_loop(self, i, cs, conn):
-        try:
-            while not self.stop_ev.is_set():
-                if not self._set_one(i, cs, conn):
-                    return
-        except Exception as e:
-            self._set_failed(i, cs, e)
-
-    def _churn_loop(self, i, cs):
-        """Short connections: connect, 1-4 SETs, close; so that faults also
-        land on accept() and close()."""
-        rng = random.Random(self.salt + i)
-        try:
-            while not self.stop_ev.is_set():
-                conn = rh.Resp(self.port, timeout=self.io_timeout)
-                try:
-                    for _ in range(rng.randint(1, 4)):
-                        if not self._set_one(i, cs, conn):
-                            return
-                finally:
-                    conn.close()
-                self.stop_ev.wait(0.03)
-        except Exception as e:
-            self._set_failed(i, cs, e)
 
     def _check_sets(self, c, counts):
         out = []
@@ -573,17 +594,11 @@ class RedisWorkload(Workload):
         return out
 
     def _check_incr_distinct(self, snapshot):
-        allv = [v for vals in snapshot.values() for v in vals]
-        repeated = len(allv) - len(set(allv))
+        repeated, rep = repeated_values(snapshot)
         if repeated:
-            seen, rep = set(), []
-            for v in allv:
-                if v in seen:
-                    rep.append(v)
-                seen.add(v)
             return [("lost", repeated, "INCR returned the same value twice on different"
                      " connections %d time(s) (an acknowledged increment was lost), e.g. %s"
-                     % (repeated, rep[:5]))]
+                     % (repeated, rep))]
         return []
 
     def midcheck(self):
@@ -685,7 +700,7 @@ def _mc_failed(wl, cs, e, what):
     wl.problem(cat, cs.error[1])
 
 
-class MemcachedWorkload(Workload):
+class MemcachedWorkload(StoreWorkload):
     def __init__(self, port, rng, io_timeout):
         super().__init__(port, rng, io_timeout)
         self.salt = rng.randrange(1 << 30)
@@ -820,31 +835,11 @@ class MemcachedWorkload(Workload):
             return False
         return True
 
-    def _set_loop(self, i, cs, conn):
-        try:
-            while not self.stop_ev.is_set():
-                if not self._set_one(i, cs, conn):
-                    return
-        except Exception as e:
-            _mc_failed(self, cs, e, "%d set(s)" % self.set_count[i])
+    def connect(self):
+        return mh.Mc(self.port, timeout=self.io_timeout)
 
-    def _churn_loop(self, i, cs):
-        """Short connections: connect, 1-4 SET+GETs, close; so that faults
-        also land on accept() and close() (of memcached's listener thread
-        and its worker threads)."""
-        rng = random.Random(self.salt + i)
-        try:
-            while not self.stop_ev.is_set():
-                conn = mh.Mc(self.port, timeout=self.io_timeout)
-                try:
-                    for _ in range(rng.randint(1, 4)):
-                        if not self._set_one(i, cs, conn):
-                            return
-                finally:
-                    conn.close()
-                self.stop_ev.wait(0.03)
-        except Exception as e:
-            _mc_failed(self, cs, e, "%d set(s)" % self.set_count[i])
+    def _set_failed(self, i, cs, e):
+        _mc_failed(self, cs, e, "%d set(s)" % self.set_count[i])
 
     def _check_sets(self, c, counts):
         out = []
@@ -869,17 +864,11 @@ class MemcachedWorkload(Workload):
         return out
 
     def _check_shared_distinct(self, snapshot):
-        allv = [v for vals in snapshot.values() for v in vals]
-        repeated = len(allv) - len(set(allv))
+        repeated, rep = repeated_values(snapshot)
         if repeated:
-            seen, rep = set(), []
-            for v in allv:
-                if v in seen:
-                    rep.append(v)
-                seen.add(v)
             return [("lost", repeated, "incr %s returned the same value twice on different"
                      " connections %d time(s) (an acknowledged increment was lost), e.g. %s"
-                     % (MC_SHARED_COUNTER.decode(), repeated, rep[:5]))]
+                     % (MC_SHARED_COUNTER.decode(), repeated, rep))]
         return []
 
     def midcheck(self):
