@@ -232,11 +232,18 @@ static void promote_process(void)
     ctl_send(&m);
 }
 
-/* The threads parked in us_promote, by ring, and how many: after a replay
+/* The threads parked in us_promote, by ring: after a replay
  * cut, promotion waits for every thread of the process instead of every
  * ring drained. */
 static uint8_t parked[US_MAX_THREADS];
-static int nparked;
+
+static int count_parked(void)
+{
+    int n = 0;
+    for (unsigned r = 0; r < US_MAX_THREADS; r++)
+        n += __atomic_load_n(&parked[r], __ATOMIC_ACQUIRE);
+    return n;
+}
 
 /* Threads of this process, as the kernel counts them (a thread being
  * created is one already). */
@@ -427,15 +434,14 @@ static int all_drained(void)
 void us_promote(struct us_thread *t)
 {
     if (__atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) == 0) {
-        parked[t->ring] = 1;
-        __atomic_add_fetch(&nparked, 1, __ATOMIC_ACQ_REL);
+        __atomic_store_n(&parked[t->ring], 1, __ATOMIC_RELEASE);
     }
     /* Once one thread has seen every ring drained (or, after a cut, every
      * thread parked) and begun, the others may not look again: a thread
      * already live writes its ring on. */
     for (unsigned n = 0; __atomic_load_n(&promote_state, __ATOMIC_ACQUIRE) == 0; n++) {
         if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)) {
-            if (n % 20 == 0 && __atomic_load_n(&nparked, __ATOMIC_ACQUIRE) == count_tasks())
+            if (n % 20 == 0 && count_parked() == count_tasks())
                 break;
         } else if (all_drained()) {
             break;
