@@ -15,7 +15,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: understudy run [--replicas N] [--cpus LIST] [--hang-timeout MS]\n"
-            "                      [--max-lag EVENTS] [--max-lag-ms MS] [--control PATH] [--quiet]\n"
+            "                      [--max-lag EVENTS] [--max-lag-ms MS] [--backup-nice N]\n"
+            "                      [--control PATH] [--quiet]\n"
             "                      -- PROGRAM [ARGS...]\n"
             "       understudy status [--json] [--control PATH]\n"
             "       understudy failover [--control PATH]\n"
@@ -131,6 +132,7 @@ static int cmd_run(int argc, char **argv)
     o.max_lag_events = 100000;
     o.max_lag_ms = 100;
     o.ring_size = 16u << 20;
+    o.backup_nice = 10;
     const char *cpus = NULL;
     int i;
     for (i = 0; i < argc; i++) {
@@ -155,6 +157,10 @@ static int cmd_run(int argc, char **argv)
             if (parse_long(a, argv[++i], 0, 3600000, &v) < 0)
                 return 2;
             o.max_lag_ms = (uint64_t)v;
+        } else if (strcmp(a, "--backup-nice") == 0) {
+            if (parse_long(a, argv[++i], 0, 19, &v) < 0)
+                return 2;
+            o.backup_nice = (int)v;
         } else if (strcmp(a, "--cpus") == 0) {
             if (!(cpus = argv[++i])) {
                 fprintf(stderr, "understudy: --cpus needs a list such as 0/1\n");

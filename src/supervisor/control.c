@@ -114,10 +114,10 @@ static size_t status_json(struct us_supervisor *s, char *out, size_t cap)
     struct us_log_header *h = s->log.hdr;
     size_t n = (size_t)snprintf(out, cap,
         "{\"mode\":\"record\",\"replicas\":%d,\"max_lag_events\":%lu,\"max_lag_ms\":%lu,"
-        "\"failovers\":%u,\"divergences\":%lu,\"last_failover_ms\":%ld,"
+        "\"backup_nice\":%d,\"failovers\":%u,\"divergences\":%lu,\"last_failover_ms\":%ld,"
         "\"primary\":{\"slot\":%d,\"pid\":%d,\"keeper_pid\":%d},\"backups\":[",
         s->opt.replicas, (unsigned long)h->max_lag_events, (unsigned long)s->opt.max_lag_ms,
-        h->failovers, divergences(s), s->last_failover_ms,
+        s->opt.backup_nice, h->failovers, divergences(s), s->last_failover_ms,
         s->primary, (int)s->rep[s->primary].pid, (int)s->rep[s->primary].keeper);
     int first = 1;
     for (int i = 0; i < s->opt.replicas && n < cap; i++) {

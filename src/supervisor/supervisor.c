@@ -102,6 +102,8 @@ static void spawn_replica(struct us_supervisor *s, int slot, int role)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         personality(ADDR_NO_RANDOMIZE);
         signal(SIGPIPE, SIG_DFL);
+        if (role == US_ROLE_BACKUP && s->opt.backup_nice)
+            setpriority(PRIO_PROCESS, 0, s->base_nice + s->opt.backup_nice);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -336,18 +338,58 @@ static void kill_keeper(struct us_proc *p)
     p->keeper_pidfd = -1;
 }
 
-/* Moves every thread of `pid` onto `set` (a promoted backup gets the CPUs
- * the primary had). */
-static void pin_threads(pid_t pid, const cpu_set_t *set)
+/* Gives every thread of `pid` the nice value `nice` and, unless `set` is
+ * NULL, the CPUs `set`: a promoted backup gets the primary's priority and
+ * CPUs. (Linux keeps both per thread; new threads inherit their creator's.) */
+static void place_threads(pid_t pid, const cpu_set_t *set, int nice)
 {
     char dir[64];
     snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
     DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (e->d_name[0] != '.')
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        setpriority(PRIO_PROCESS, (id_t)atoi(e->d_name), nice);
+        if (set)
             sched_setaffinity(atoi(e->d_name), sizeof(*set), set);
+    }
     if (d)
         closedir(d);
+}
+
+/*
+ * Backups are off the clients' path (they run behind the log by design), so
+ * they run nicer than the primary: on a machine with fewer free CPUs than
+ * busy processes the primary and its clients come first, and a backup
+ * catches up when they wait (back-pressure bounds how far it may fall
+ * behind). A promoted backup must get the primary's priority back, which
+ * an ordinary user may not be allowed to do (RLIMIT_NICE, CAP_SYS_NICE):
+ * try it in a child first and keep backups at the primary's priority if it
+ * fails.
+ */
+static void check_backup_nice(struct us_supervisor *s)
+{
+    errno = 0;
+    s->base_nice = getpriority(PRIO_PROCESS, 0);
+    if (errno)
+        s->base_nice = 0;
+    if (!s->opt.backup_nice)
+        return;
+    if (s->base_nice + s->opt.backup_nice > 19)
+        s->opt.backup_nice = 19 - s->base_nice;
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(setpriority(PRIO_PROCESS, 0, s->base_nice + s->opt.backup_nice) == 0 &&
+                      setpriority(PRIO_PROCESS, 0, s->base_nice) == 0
+                  ? 0
+                  : 1);
+    int st = 1;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (!s->opt.quiet)
+            fprintf(stderr, "understudy: backups run at the primary's priority: a promoted "
+                            "backup could not get it back (needs CAP_SYS_NICE or RLIMIT_NICE)\n");
+        s->opt.backup_nice = 0;
+    }
 }
 
 int us_pick_backup(struct us_supervisor *s)
@@ -385,6 +427,8 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
             us_say_sup(s, "the primary failed (%s) and no backup is left to take over", why);
             return -1;
         }
+        if (s->opt.backup_nice)
+            place_threads(s->rep[b].pid, NULL, s->base_nice); /* drain at full speed */
         __atomic_store_n(&s->log.hdr->replica[b].promote, 1, __ATOMIC_RELEASE);
         us_log_wake_all(&s->log);
         int n = transfer_fds(s, b, op->keeper_pidfd, op->keeper);
@@ -417,7 +461,7 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
         kill_keeper(op);
         s->vote_winner = -1;
         s->opt.cpus[b] = s->opt.cpus[old];
-        pin_threads(s->rep[b].pid, &s->opt.cpus[b]);
+        place_threads(s->rep[b].pid, &s->opt.cpus[b], s->base_nice);
         s->primary = b;
         s->log.hdr->primary_slot = (uint32_t)b;
         s->log.hdr->failovers++;
@@ -696,6 +740,7 @@ int us_run(struct us_run_options *opt)
     }
     if (us_control_listen(s) < 0)
         return 1;
+    check_backup_nice(s);
     if (opt->cpus_shared && !opt->quiet)
         fprintf(stderr, "understudy: %d replicas on %ld CPUs: the primary may use every CPU, "
                         "each backup one (give --cpus to choose)\n", opt->replicas,

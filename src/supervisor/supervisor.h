@@ -19,6 +19,7 @@ struct us_run_options {
     uint64_t max_lag_events;
     uint64_t max_lag_ms;  /* 0: no time bound */
     uint64_t ring_size;
+    int backup_nice;           /* backups run this much nicer than the primary */
     const char *control_path;
     int quiet;
     char **argv;               /* the program and its arguments */
@@ -53,6 +54,7 @@ struct us_supervisor {
     int vote_winner;           /* a backup that outvoted the primary, or -1 */
     int primary_faulty;        /* the primary was killed for losing a vote */
     long last_failover_ms;
+    int base_nice;             /* the primary's nice value (understudy's own) */
     char shim_path[4096];
 };
 

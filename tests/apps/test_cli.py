@@ -19,11 +19,17 @@ not a failure.
   5. a backup that cannot keep up (stopped with SIGSTOP, below the hang
      timeout): the primary is held back within --max-lag-ms, status reports
      the lag, and once the backup runs again the client goes on, every reply
-     exact.
+     exact;
+  6. backups run nicer than the primary (--backup-nice, default 10), every
+     thread of them; a backup promoted by `understudy failover` gets the
+     primary's priority back on every thread; as an ordinary user (who could
+     not undo it) backups run at the primary's priority, and understudy says
+     so.
 Exit 0 pass, 1 fail, 77 skip.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +62,16 @@ def expect(args, cwd, rc, words, what):
 def status(ctl):
     r = run(["status", "--json", "--control", ctl], None, timeout=10)
     return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def thread_nices(pid):
+    """{tid: nice} of every thread of pid."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid), "rb") as f:
+            s = f.read()
+        out[int(tid)] = int(s[s.rfind(b")") + 2:].split()[16])
+    return out
 
 
 with tempfile.TemporaryDirectory(prefix="us-cli-") as d:
@@ -166,6 +182,29 @@ with tempfile.TemporaryDirectory(prefix="us-cli-") as d:
         st = status(ctl) or {}
         if st.get("divergences") or len(st.get("backups") or []) != 1:
             failures.append("back-pressure: the backup did not catch up cleanly: %s" % st)
+
+        # 6. priorities: backup nicer, a promoted backup back at the primary's
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        want = min(19, base + 10)
+        prim, back = st["primary"]["pid"], st["backups"][0]["pid"]
+        if st.get("backup_nice") != want - base:
+            failures.append("status says backup_nice %s, expected %d"
+                            % (st.get("backup_nice"), want - base))
+        for pid, nice in ((prim, base), (back, want)):
+            got = thread_nices(pid)
+            if set(got.values()) != {nice}:
+                failures.append("pid %d (%s): thread nice values %s, expected all %d"
+                                % (pid, "primary" if pid == prim else "backup", got, nice))
+        expect(["failover", "--control", ctl], d, 0, [], "planned failover")
+        end = time.monotonic() + 10
+        while (status(ctl) or {}).get("failovers") != 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        got = thread_nices(back)
+        if set(got.values()) != {base}:
+            failures.append("promoted backup pid %d: thread nice values %s, expected all %d"
+                            % (back, got, base))
+        if not all(echo(i) for i in range(done[0], done[0] + 100)):
+            failures.append("the client's replies went wrong after the planned failover")
         c.close()
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=20)
@@ -185,6 +224,23 @@ with tempfile.TemporaryDirectory(prefix="us-cli-") as d:
             failures.append("own end %d: exit %d (expected 3), said %s: %s"
                             % (i, r.returncode, bad, r.stderr.strip()[-300:]))
             break
+
+    # 6b. an ordinary user cannot undo a nicer backup's priority: not lowered
+    if os.geteuid() == 0 and shutil.which("setpriv") and os.access(us, os.X_OK):
+        ud = tempfile.mkdtemp(prefix="us-cli-user-")
+        try:
+            os.chown(ud, 65534, 65534)
+            r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                                "--clear-groups", us, "run", "--control",
+                                os.path.join(ud, "ctl.sock"), "--", "/bin/sh", "-c", "exit 3"],
+                               capture_output=True, text=True, cwd="/", timeout=20)
+        finally:
+            shutil.rmtree(ud, ignore_errors=True)
+        if r.returncode == 126 or "Permission denied" in r.stderr:
+            h.log("as nobody: cannot run %s here (%s); skipped" % (us, r.stderr.strip()[-100:]))
+        elif r.returncode != 3 or "backups run at the primary's priority" not in r.stderr:
+            failures.append("as an ordinary user: exit %d, said: %s"
+                            % (r.returncode, r.stderr.strip()[-300:]))
 
 for f in failures:
     print("FAIL:", f)
