@@ -130,7 +130,7 @@ static int cmd_run(int argc, char **argv)
     o.replicas = 2;
     o.hang_timeout_ms = 1000;
     o.max_lag_events = 100000;
-    o.max_lag_ms = 100;
+    o.max_lag_ms = 50;
     o.ring_size = 16u << 20;
     o.backup_nice = 10;
     const char *cpus = NULL;
