@@ -226,21 +226,28 @@ with tempfile.TemporaryDirectory(prefix="us-cli-") as d:
             break
 
     # 6b. an ordinary user cannot undo a nicer backup's priority: not lowered
-    if os.geteuid() == 0 and shutil.which("setpriv") and os.access(us, os.X_OK):
+    # (copies of the binary and the shim, which the build tree may hide from nobody)
+    if os.geteuid() == 0 and shutil.which("setpriv"):
         ud = tempfile.mkdtemp(prefix="us-cli-user-")
         try:
-            os.chown(ud, 65534, 65534)
+            os.chmod(ud, 0o755)
+            shutil.copy(us, ud)
+            shutil.copy(os.path.join(os.path.dirname(us), "libunderstudy.so"), ud)
+            run_dir = os.path.join(ud, "run")
+            os.mkdir(run_dir)
+            os.chown(run_dir, 65534, 65534)
             r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
-                                "--clear-groups", us, "run", "--control",
-                                os.path.join(ud, "ctl.sock"), "--", "/bin/sh", "-c", "exit 3"],
+                                "--clear-groups", os.path.join(ud, os.path.basename(us)), "run",
+                                "--control", os.path.join(run_dir, "ctl.sock"), "--",
+                                "/bin/sh", "-c", "exit 3"],
                                capture_output=True, text=True, cwd="/", timeout=20)
         finally:
             shutil.rmtree(ud, ignore_errors=True)
-        if r.returncode == 126 or "Permission denied" in r.stderr:
-            h.log("as nobody: cannot run %s here (%s); skipped" % (us, r.stderr.strip()[-100:]))
-        elif r.returncode != 3 or "backups run at the primary's priority" not in r.stderr:
+        if r.returncode != 3 or "backups run at the primary's priority" not in r.stderr:
             failures.append("as an ordinary user: exit %d, said: %s"
                             % (r.returncode, r.stderr.strip()[-300:]))
+    else:
+        h.log("as an ordinary user: skipped (needs root and setpriv to become nobody)")
 
 for f in failures:
     print("FAIL:", f)
