@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define US_LOG_MAGIC 0x474f4c5955445355ull /* "USDYLOG" little-endian-ish */
-#define US_LOG_VERSION 3u
+#define US_LOG_VERSION 4u
 
 #define US_MAX_THREADS 64  /* logical threads per replicated program */
 #define US_MAX_REPLICAS 8  /* primary + backups */
@@ -167,6 +167,10 @@ struct us_ring_consumer {
     uint64_t seen_head;                   /* consumer's copy of the head: it
                                              reads the producer's line only
                                              when it has used this up */
+    uint64_t waiting_since_ns;            /* CLOCK_MONOTONIC when it found the
+                                             ring empty and began to nap; 0
+                                             while it has events (the
+                                             supervisor's spin detection) */
 };
 
 /* Control block of one ring. */
@@ -177,6 +181,8 @@ struct us_ring_ctl {
     uint32_t producer_waiting;            /* producer sleeps on tail_futex */
     uint32_t tail_futex;                  /* bumped by consumers when producer waits */
     uint32_t in_use;                      /* enum us_ring_use */
+    int32_t producer_tid;                 /* kernel tid of the primary's thread
+                                             recording into it */
     _Alignas(US_CACHELINE) uint64_t room_tail; /* producer's copy of the slowest
                                                   live consumer's position... */
     uint64_t room_seq;                    /* ...and event count: it reads the
@@ -201,6 +207,9 @@ struct us_replica {
     uint32_t promote;     /* futex word: set by the supervisor to promote */
     int32_t keeper_pid;   /* primary only: process sharing its fd table */
     uint32_t attached;    /* shim constructor ran */
+    uint32_t inject_spin; /* set by `understudy inject ... spin`: the next
+                             thread of this replica to make a call spins
+                             instead, forever, without calls */
     uint64_t divergences;
     uint32_t diverged;      /* DIVERGED: the fields below are set */
     uint32_t diverged_ring; /* the thread (ring) ... */

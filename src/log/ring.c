@@ -277,17 +277,21 @@ struct us_event *us_ring_next(struct us_log *log, unsigned ring, unsigned slot)
 {
     struct us_log_header *h = log->hdr;
     struct us_ring_ctl *c = &h->ring[ring];
+    struct us_ring_consumer *me = &c->consumer[slot];
     long nap = CONSUMER_NAP_MIN_NS;
     for (unsigned spins = 0;; spins++) {
         struct us_event *ev = us_ring_peek(log, ring, slot);
-        if (ev)
-            return ev; /* or US_RING_CORRUPT */
-        if (__atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE))
-            return NULL;
+        if (ev || __atomic_load_n(&h->replica[slot].promote, __ATOMIC_ACQUIRE)) {
+            if (spins > CONSUMER_SPIN_ROUNDS)
+                __atomic_store_n(&me->waiting_since_ns, 0, __ATOMIC_RELAXED);
+            return ev; /* or US_RING_CORRUPT, or NULL to promote */
+        }
         if (spins < CONSUMER_SPIN_ROUNDS) {
             cpu_relax();
             continue;
         }
+        if (spins == CONSUMER_SPIN_ROUNDS) /* the supervisor's spin detection */
+            __atomic_store_n(&me->waiting_since_ns, us_monotonic_ns(), __ATOMIC_RELAXED);
         uint32_t v = __atomic_load_n(&c->head_futex, __ATOMIC_ACQUIRE);
         futex_wait(&c->head_futex, v, nap);
         if (nap < CONSUMER_NAP_MAX_NS)

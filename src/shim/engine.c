@@ -844,12 +844,22 @@ static __attribute__((noinline)) long unsupported(long nr)
              us_sysname(nr), nr);
 }
 
+/* `understudy inject --replica R spin`: the program is stuck computing (a
+ * loop a fault made endless) and makes no more calls on this thread. */
+static __attribute__((noinline, cold, noreturn)) void injected_spin(void)
+{
+    for (;;)
+        __builtin_ia32_pause();
+}
+
 long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 {
     struct us_thread *t = us_self;
     long a[6] = {a0, a1, a2, a3, a4, a5};
     if (US_UNLIKELY(!t || t->mode == US_MODE_OFF || t->in_engine))
         return us_raw(nr, a);
+    if (US_UNLIKELY(__atomic_load_n(&us_log_.hdr->replica[us_slot].inject_spin, __ATOMIC_RELAXED)))
+        injected_spin();
     if (US_UNLIKELY(nr < 0 || nr >= US_NSYSCALLS))
         unsupported(nr);
     const struct us_sysdesc *d = &us_systab[nr];

@@ -471,6 +471,7 @@ void us_promote(struct us_thread *t)
             US_SYSCALL2(SYS_nanosleep, &ts, 0);
         }
     }
+    us_log_.hdr->ring[t->ring].producer_tid = (int32_t)US_SYSCALL0(SYS_gettid);
     __atomic_store_n(&t->mode, US_MODE_RECORD, __ATOMIC_RELEASE);
 }
 

@@ -137,6 +137,7 @@ __attribute__((constructor(101))) static void us_init(void)
 
     if (primary) {
         __atomic_store_n(&us_log_.hdr->ring[0].in_use, US_RING_LIVE, __ATOMIC_RELEASE);
+        us_log_.hdr->ring[0].producer_tid = (int32_t)US_SYSCALL0(SYS_gettid);
         us_log_.hdr->program_pid = (int32_t)US_SYSCALL0(SYS_getpid);
         me->keeper_pid = (int32_t)us_spawn_keeper();
     } else {

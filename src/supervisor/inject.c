@@ -4,6 +4,9 @@
  *   crash    SIGKILL, as a dying core or a kernel kill would
  *   hang     SIGSTOP: the replica stops making progress; the supervisor's
  *            hang detection must notice it
+ *   spin     the replica's next thread to make a call loops forever instead,
+ *            running, without calls (a fault made a loop endless); the
+ *            supervisor must notice that its backup got past that point
  *   bitflip  one bit of the replica's writable memory flipped through
  *            process_vm_writev, at a given address or at a random one, as a
  *            memory fault would; output comparison must catch it if it ever
@@ -108,6 +111,12 @@ size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t ca
         us_say_sup(s, "injected: hang of the %s (pid %d)", role, (int)pid);
         return (size_t)snprintf(out, cap, "ok: stopped the %s, pid %d\n", role, (int)pid);
     }
+    if (strcmp(fault, "spin") == 0) {
+        __atomic_store_n(&s->log.hdr->replica[slot].inject_spin, 1, __ATOMIC_RELEASE);
+        us_say_sup(s, "injected: spin of the %s (pid %d) at its next call", role, (int)pid);
+        return (size_t)snprintf(out, cap, "ok: the %s, pid %d, spins at its next call\n", role,
+                                (int)pid);
+    }
     if (strcmp(fault, "bitflip") == 0) {
         if (!addr)
             addr = random_writable_byte(pid);
@@ -117,5 +126,5 @@ size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t ca
         us_say_sup(s, "injected: bit flip in the %s: %s", role, out);
         return n;
     }
-    return (size_t)snprintf(out, cap, "error: unknown fault '%s' (crash, hang, bitflip)\n", fault);
+    return (size_t)snprintf(out, cap, "error: unknown fault '%s' (crash, hang, spin, bitflip)\n", fault);
 }

@@ -696,6 +696,92 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
     retire_backup(s, b, why);
 }
 
+/* A thread's CPU time in user mode, in ms; -1 if it is gone. */
+static long thread_user_ms(pid_t pid, int tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid, tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long utime = 0;
+    /* the fields after the command: state (3) ... utime (14) */
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu", &utime) != 1)
+        return -1;
+    return (long)(utime * 1000 / (unsigned long)sysconf(_SC_CLK_TCK));
+}
+
+/*
+ * A primary that runs without making calls, while a backup replaying the
+ * same log has long got past the same point and waits for the primary's
+ * next event, is hung (a loop a fault made endless): the backup executed
+ * the same deterministic code from the same state and finished it. A
+ * primary merely computing for long is not taken for one, because its
+ * backup computes just as long before it waits; a primary in a call is not
+ * either: blocked, it uses no CPU, and a long call (a big read) runs in the
+ * kernel, not in user mode. Declared when the backup has waited longer than
+ * --hang-timeout and, over the last --hang-timeout, the primary thread
+ * published nothing and ran in user mode at least a tenth of the time (a
+ * share a spinning thread gets even on a crowded machine).
+ */
+static int check_spinning(struct us_supervisor *s, long now)
+{
+    struct us_log_header *h = s->log.hdr;
+    pid_t pid = s->rep[s->primary].pid;
+    uint64_t now_ns = us_monotonic_ns();
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        struct us_ring_ctl *c = &h->ring[r];
+        struct us_spin_sample *sp = &s->spin[r];
+        uint64_t since = 0, head = __atomic_load_n(&c->head_seq, __ATOMIC_ACQUIRE);
+        int waiter = -1;
+        if (__atomic_load_n(&c->in_use, __ATOMIC_ACQUIRE) == US_RING_LIVE && c->producer_tid > 0)
+            for (int b = 0; b < s->opt.replicas; b++) {
+                if (b == s->primary || !s->rep[b].alive ||
+                    __atomic_load_n(&h->replica[b].state, __ATOMIC_ACQUIRE) != US_REPLICA_RUNNING)
+                    continue;
+                uint64_t w = __atomic_load_n(&c->consumer[b].waiting_since_ns, __ATOMIC_RELAXED);
+                if (w && __atomic_load_n(&c->consumer[b].seq, __ATOMIC_ACQUIRE) == head &&
+                    (!since || w < since)) {
+                    since = w;
+                    waiter = b;
+                }
+            }
+        if (!since) {
+            sp->waiting_since_ns = 0;
+            continue;
+        }
+        int fresh = sp->waiting_since_ns != since || sp->head_seq != head;
+        if (!fresh && now - sp->at_ms < s->opt.hang_timeout_ms)
+            continue; /* /proc is read when a wait begins and when it is long */
+        long cpu = thread_user_ms(pid, c->producer_tid);
+        if (cpu < 0)
+            continue;
+        if (fresh) {
+            *sp = (struct us_spin_sample){since, head, cpu, now};
+            continue;
+        }
+        long waited = now_ns > since ? (long)((now_ns - since) / 1000000u) : 0;
+        if (waited < s->opt.hang_timeout_ms || cpu - sp->cpu_ms < (now - sp->at_ms) / 10) {
+            *sp = (struct us_spin_sample){since, head, cpu, now}; /* idle: look again later */
+            continue;
+        }
+        us_say_sup(s, "primary pid %d: thread %d (tid %d) has run %ld ms in user mode of the last "
+                      "%ld without making a call, while backup pid %d, past the same point, has waited %ld "
+                      "ms for its next event: declaring the primary hung",
+                   (int)pid, r, c->producer_tid, cpu - sp->cpu_ms, now - sp->at_ms,
+                   (int)s->rep[waiter].pid, waited);
+        sp->waiting_since_ns = 0;
+        return 1;
+    }
+    return 0;
+}
+
 static void check_hang(struct us_supervisor *s)
 {
     long now = us_now_ms();
@@ -706,8 +792,12 @@ static void check_hang(struct us_supervisor *s)
         char state = proc_state(p->pid);
         if (state != 'T' && state != 't') {
             p->stopped_since_ms = 0;
-            if (i != s->primary)
+            if (i != s->primary) {
                 check_stuck(s, i, now);
+            } else if (check_spinning(s, now)) {
+                s->primary_hung = 1;
+                kill(p->pid, SIGKILL);
+            }
             continue;
         }
         if (!p->stopped_since_ms) {

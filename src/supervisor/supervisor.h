@@ -38,6 +38,15 @@ struct us_proc {
     long replayed_at_ms;
 };
 
+/* Primary thread (by ring) whose backup twin waits for its next event: its
+ * CPU time when that wait was first seen (spin detection). */
+struct us_spin_sample {
+    uint64_t waiting_since_ns; /* the backup's wait this sample is for; 0: none */
+    uint64_t head_seq;         /* the primary's events then */
+    long cpu_ms;               /* the primary thread's user-mode CPU time then */
+    long at_ms;
+};
+
 struct us_supervisor {
     struct us_run_options opt;
     struct us_log log;
@@ -54,6 +63,7 @@ struct us_supervisor {
     int vote_winner;           /* a backup that outvoted the primary, or -1 */
     int primary_faulty;        /* the primary was killed for losing a vote */
     long last_failover_ms;
+    struct us_spin_sample spin[US_MAX_THREADS];
     int base_nice;             /* the primary's nice value (understudy's own) */
     char shim_path[4096];
 };

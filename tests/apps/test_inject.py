@@ -13,7 +13,11 @@ echoes lines without pause and checks every reply. Then:
      it neither runs nor shows as stopped, so only its lack of progress while
      the log holds events for it tells it is stuck; it must be retired within
      about --hang-timeout and the client go on (skipped, said so, without a
-     v1 freezer).
+     v1 freezer);
+  5. a fresh run with one backup; inject spin into the primary: its thread
+     loops without calls, running, neither stopped nor dead; the backup gets
+     past the same point and waits; the primary must be declared hung and
+     replaced, and the client's connection carry on.
 Exit 0 pass, 1 fail, 77 skip.
 """
 import os
@@ -190,8 +194,47 @@ def frozen_backup_case(d):
         failures.append("frozen backup: the run's log does not say it was stuck")
 
 
+def spinning_primary_case(d):
+    stop.clear()
+    replies[0] = 0
+    server = None
+    try:
+        server, t = start_with_client(d, 2)
+        time.sleep(0.3)
+        primary = server.status()["primary"]["pid"]
+        rc, out = inject(server, "--replica", "primary", "spin")
+        print("inject primary spin:", out)
+        if rc != 0:
+            failures.append("inject primary spin failed: " + out)
+        t0 = time.monotonic()
+        st = wait_for(server, lambda st: st["failovers"] == 1 and st["primary"]["pid"] != primary,
+                      "the spinning primary to be replaced")
+        if st is not None:
+            print("spinning primary replaced after %.0f ms" % ((time.monotonic() - t0) * 1000))
+        before = replies[0]
+        time.sleep(0.5)
+        if replies[0] <= before + 10:
+            failures.append("spinning primary: the client made no progress after the failover")
+        stop.set()
+        t.join(10)
+        server.stop(15)
+    except h.TestFailure as e:
+        failures.append(str(e))
+    finally:
+        stop.set()
+        if server is not None:
+            server.cleanup()
+    err = server.stderr_tail(20) if server is not None else ""
+    print(err)
+    for name in ("without making a call", "declaring the primary hung", "took over"):
+        if name not in err:
+            failures.append("spinning primary: the run's log does not say '%s'" % name)
+
+
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     frozen_backup_case(d)
+with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
+    spinning_primary_case(d)
 
 for f in failures:
     print("FAIL:", f)
