@@ -14,6 +14,9 @@ injects faults with `understudy inject` at random moments into random replicas:
 
   crash-primary, hang-primary   the primary is SIGKILLed / SIGSTOPped; a
                                 backup must take over the same connections
+  spin-primary                  the primary's next thread to make a call loops
+                                without calls instead (running, not stopped):
+                                it must be declared hung and replaced too
   crash-backup, hang-backup     a backup dies / is declared hung and retired;
                                 the service must not notice
   bitflip-backup                one random bit of a backup's memory; whether a
@@ -120,7 +123,7 @@ import test_time_random  # noqa: E402
 PASS, FAIL, SKIP = 0, 1, 77
 mono = time.monotonic
 
-KINDS = ["crash-primary", "crash-backup", "hang-primary", "hang-backup",
+KINDS = ["crash-primary", "crash-backup", "hang-primary", "hang-backup", "spin-primary",
          "bitflip-backup", "bitflip-primary"]
 PROGRAMS = ["redis", "memcached", "echo", "time_random", "stdio_append", "mt_ledger"]
 APP_BINARIES = {"echo": "echo_server", "time_random": "time_random_server",
@@ -1661,7 +1664,7 @@ def inject_fault(ctx, target, wl, fault, st):
         return None
 
     t_rec = None
-    if kind in ("crash-primary", "hang-primary"):
+    if kind in ("crash-primary", "hang-primary", "spin-primary"):
         old = fault.pid
 
         def promoted(s):
