@@ -183,6 +183,9 @@ struct us_ring_ctl {
     uint32_t in_use;                      /* enum us_ring_use */
     int32_t producer_tid;                 /* kernel tid of the primary's thread
                                              recording into it */
+    uint32_t producer_in_spin_lock;       /* that thread spins in
+                                             pthread_spin_lock: running without
+                                             a call is then no sign of a hang */
     _Alignas(US_CACHELINE) uint64_t room_tail; /* producer's copy of the slowest
                                                   live consumer's position... */
     uint64_t room_seq;                    /* ...and event count: it reads the
@@ -200,6 +203,15 @@ struct us_ring_ctl {
 };
 #define US_NO_PENDING UINT64_MAX
 
+/* Faults the shim plays itself (struct us_replica.inject), once. */
+enum us_inject {
+    US_INJECT_NONE = 0,
+    US_INJECT_SPIN = 1,            /* the next thread to make a call loops for
+                                      ever instead, without calls */
+    US_INJECT_CRASH_IN_ACCEPT = 2, /* the next accept that gets a connection
+                                      kills the replica before it is logged */
+};
+
 struct us_replica {
     _Alignas(US_CACHELINE) int32_t pid;
     uint32_t role;        /* enum us_role */
@@ -207,9 +219,8 @@ struct us_replica {
     uint32_t promote;     /* futex word: set by the supervisor to promote */
     int32_t keeper_pid;   /* primary only: process sharing its fd table */
     uint32_t attached;    /* shim constructor ran */
-    uint32_t inject_spin; /* set by `understudy inject ... spin`: the next
-                             thread of this replica to make a call spins
-                             instead, forever, without calls */
+    uint32_t inject;      /* enum us_inject: a fault `understudy inject` asks
+                             the replica's shim to play */
     uint64_t divergences;
     uint32_t diverged;      /* DIVERGED: the fields below are set */
     uint32_t diverged_ring; /* the thread (ring) ... */

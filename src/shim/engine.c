@@ -377,7 +377,7 @@ static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc 
         break;
     case K_CLOSE:
         if (f && ret == 0) {
-            us_pushback_unwake((int)a[0]);
+            us_fd_unwake((int)a[0]);
             memset(f, 0, sizeof(*f));
         }
         break;
@@ -858,7 +858,7 @@ long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
     long a[6] = {a0, a1, a2, a3, a4, a5};
     if (US_UNLIKELY(!t || t->mode == US_MODE_OFF || t->in_engine))
         return us_raw(nr, a);
-    if (US_UNLIKELY(__atomic_load_n(&us_log_.hdr->replica[us_slot].inject_spin, __ATOMIC_RELAXED)))
+    if (US_UNLIKELY(us_take_injected(US_INJECT_SPIN)))
         injected_spin();
     if (US_UNLIKELY(nr < 0 || nr >= US_NSYSCALLS))
         unsupported(nr);

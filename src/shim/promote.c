@@ -17,6 +17,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -27,13 +28,27 @@
 #include "understudy/ctl_protocol.h"
 
 long us_spawn_keeper(void);
-static void wake_for_pushback(void);
+static void wake_waiters(void);
+static int orphan_for(int listen_fd);
 
 static int promote_state; /* 0 not yet, 1 under way, 2 done */
 
 #define MAX_ORPHANS 256
 static int orphans[MAX_ORPHANS];
 static int norphans;
+
+/* Where the shim puts fds of its own after promotion: high, out of the
+ * program's way, but under the program's RLIMIT_NOFILE as it is now: the
+ * program may have lowered it since the shim placed us_ctl_fd (memcached
+ * sets it to its -c). */
+static long shim_fd_floor(void)
+{
+    struct rlimit rl;
+    long floor = us_ctl_fd - 512;
+    if (US_SYSCALL2(SYS_getrlimit, RLIMIT_NOFILE, &rl) == 0 && (long)rl.rlim_cur - 64 < floor)
+        floor = (long)rl.rlim_cur - 64 > 3 ? (long)rl.rlim_cur - 64 : 3;
+    return floor;
+}
 
 static void ctl_send(const struct us_msg *m)
 {
@@ -115,7 +130,7 @@ void us_note_epoll_ctl(const long *a, long ret)
     if (a[1] == EPOLL_CTL_DEL) {
         if (f->ep_fd1 == (int32_t)a[0] + 1) {
             f->ep_fd1 = 0;
-            us_pushback_unwake((int)a[2]);
+            us_fd_unwake((int)a[2]);
         }
     } else if (a[3]) {
         struct epoll_event ev;
@@ -202,18 +217,21 @@ static void promote_process(void)
                 US_SYSCALL1(SYS_close, got[i]);
             } else if (m.type == US_MSG_ORPHANS && norphans < MAX_ORPHANS) {
                 /* keep it out of the program's way until an accept takes it */
-                long hi = US_SYSCALL3(SYS_fcntl, got[i], F_DUPFD_CLOEXEC, us_ctl_fd - 512);
+                long hi = US_SYSCALL3(SYS_fcntl, got[i], F_DUPFD_CLOEXEC, shim_fd_floor());
                 US_SYSCALL1(SYS_close, got[i]);
                 if (hi >= 0) {
                     us_fds[hi].kind = US_FD_SHIM;
                     orphans[norphans++] = (int)hi;
+                } else {
+                    us_say("cannot keep a connection the old primary accepted (%ld): it is "
+                           "closed, its client sees a reset", hi);
                 }
             }
         }
     }
     US_SYSCALL1(SYS_close, us_null_fd);
     us_fds[us_null_fd].kind = US_FD_NONE;
-    wake_for_pushback();
+    wake_waiters();
 
     /* 2. what the dead primary had in flight */
     for (int fd = 0; fd < US_MAX_FDS; fd++)
@@ -341,41 +359,57 @@ static void stash_unread_input(unsigned r, uint64_t *kept, uint64_t *lost)
     us_end_replay_here(r);
 }
 
-/* Once the real fds are in place: an eventfd in the epoll set of each fd
- * with input kept, standing for it. */
-static void wake_for_pushback(void)
+/* An eventfd in the epoll set `fd` waits in, with its data, so that the
+ * program's epoll_wait reports `fd` readable until us_fd_unwake(fd). */
+static void wake_fd(int fd, const char *why)
+{
+    struct us_fd *f = &us_fds[fd];
+    long efd = US_SYSCALL2(SYS_eventfd2, 1, EFD_CLOEXEC | EFD_NONBLOCK);
+    long hi = efd < 0 ? efd : US_SYSCALL3(SYS_fcntl, efd, F_DUPFD_CLOEXEC, shim_fd_floor());
+    if (efd >= 0)
+        US_SYSCALL1(SYS_close, efd);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = f->ep_data};
+    if (hi < 0 || US_SYSCALL4(SYS_epoll_ctl, f->ep_fd1 - 1, EPOLL_CTL_ADD, hi, &ev) < 0) {
+        us_say("fd %d: cannot wake its epoll set for the %s (%ld): it waits for new input", fd,
+               why, hi);
+        if (hi >= 0)
+            US_SYSCALL1(SYS_close, hi);
+        return;
+    }
+    us_fds[hi].kind = US_FD_SHIM;
+    f->wake = (int32_t)hi;
+}
+
+/*
+ * Once the real fds are in place, the program may wait in epoll_wait for
+ * something that has already happened: input kept after a replay cut (the
+ * kernel no longer has it), or a connection the dead primary accepted
+ * without logging it (the listener no longer shows it). Each such fd gets
+ * woken (wake_fd) until the program has taken what waits for it.
+ */
+static void wake_waiters(void)
 {
     for (int fd = 0; fd < US_MAX_FDS; fd++) {
         struct us_fd *f = &us_fds[fd];
-        if (!f->pb_len || !f->ep_fd1 || !(f->ep_events & EPOLLIN))
+        if (!f->ep_fd1 || !(f->ep_events & EPOLLIN))
             continue;
-        long efd = US_SYSCALL2(SYS_eventfd2, 1, EFD_CLOEXEC | EFD_NONBLOCK);
-        long hi = efd < 0 ? efd : US_SYSCALL3(SYS_fcntl, efd, F_DUPFD_CLOEXEC, us_ctl_fd - 512);
-        if (efd >= 0)
-            US_SYSCALL1(SYS_close, efd);
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = f->ep_data};
-        if (hi < 0 || US_SYSCALL4(SYS_epoll_ctl, f->ep_fd1 - 1, EPOLL_CTL_ADD, hi, &ev) < 0) {
-            us_say("fd %d: cannot wake its epoll set for the input kept (%ld): it waits for "
-                   "new input", fd, hi);
-            if (hi >= 0)
-                US_SYSCALL1(SYS_close, hi);
-            continue;
-        }
-        us_fds[hi].kind = US_FD_SHIM;
-        f->pb_wake = (int32_t)hi;
+        if (f->pb_len)
+            wake_fd(fd, "input kept");
+        else if (norphans && f->kind == US_FD_SOCKET && orphan_for(fd) >= 0)
+            wake_fd(fd, "connection accepted by the old primary");
     }
 }
 
-void us_pushback_unwake(int fd)
+void us_fd_unwake(int fd)
 {
     struct us_fd *f = us_fd_get(fd);
-    if (!f || !f->pb_wake)
+    if (!f || !f->wake)
         return;
     if (f->ep_fd1)
-        US_SYSCALL4(SYS_epoll_ctl, f->ep_fd1 - 1, EPOLL_CTL_DEL, f->pb_wake, 0);
-    US_SYSCALL1(SYS_close, f->pb_wake);
-    us_fds[f->pb_wake].kind = US_FD_NONE;
-    f->pb_wake = 0;
+        US_SYSCALL4(SYS_epoll_ctl, f->ep_fd1 - 1, EPOLL_CTL_DEL, f->wake, 0);
+    US_SYSCALL1(SYS_close, f->wake);
+    us_fds[f->wake].kind = US_FD_NONE;
+    f->wake = 0;
 }
 
 uint32_t us_pushback_take(int fd, void *buf, uint32_t len, int peek)
@@ -403,7 +437,7 @@ uint32_t us_pushback_take(int fd, void *buf, uint32_t len, int peek)
     if (off >= pushback_end)
         f->pb_len = 0;
     if (!f->pb_len)
-        us_pushback_unwake(fd);
+        us_fd_unwake(fd);
     return got;
 }
 
@@ -475,31 +509,45 @@ void us_promote(struct us_thread *t)
     __atomic_store_n(&t->mode, US_MODE_RECORD, __ATOMIC_RELEASE);
 }
 
+/* The index in orphans[] of a connection the dead primary accepted on
+ * `listen_fd` but never logged, or -1. Same family and port: a listener
+ * bound to a wildcard address accepts connections whose local address is
+ * specific. */
+static int orphan_for(int listen_fd)
+{
+    struct sockaddr_in6 want, have; /* sin6_family/sin6_port overlay sockaddr_in */
+    socklen_t wl = sizeof(want), hl;
+    int listening = 0;
+    socklen_t ll = sizeof(listening);
+    if (US_SYSCALL5(SYS_getsockopt, listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) < 0 ||
+        !listening || US_SYSCALL3(SYS_getsockname, listen_fd, &want, &wl) < 0)
+        return -1;
+    for (int i = 0; i < norphans; i++) {
+        hl = sizeof(have);
+        if (US_SYSCALL3(SYS_getsockname, orphans[i], &have, &hl) == 0 &&
+            have.sin6_family == want.sin6_family && have.sin6_port == want.sin6_port)
+            return i;
+    }
+    return -1;
+}
+
 /* A connection the dead primary accepted on `listen_fd` but never logged. */
 long us_orphan_accept(int listen_fd, int flags)
 {
     if (!norphans)
         return -1;
-    /* Same family and port: a listener bound to a wildcard address accepts
-     * connections whose local address is specific. */
-    struct sockaddr_in6 want, have; /* sin6_family/sin6_port overlay sockaddr_in */
-    socklen_t wl = sizeof(want), hl;
-    if (US_SYSCALL3(SYS_getsockname, listen_fd, &want, &wl) < 0)
+    int i = orphan_for(listen_fd);
+    if (i < 0)
         return -1;
-    for (int i = 0; i < norphans; i++) {
-        hl = sizeof(have);
-        if (US_SYSCALL3(SYS_getsockname, orphans[i], &have, &hl) < 0 ||
-            have.sin6_family != want.sin6_family || have.sin6_port != want.sin6_port)
-            continue;
-        long fd = US_SYSCALL3(SYS_fcntl, orphans[i],
-                              (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 0);
-        US_SYSCALL1(SYS_close, orphans[i]);
-        us_fds[orphans[i]].kind = US_FD_NONE;
-        orphans[i] = orphans[--norphans];
-        if (fd >= 0 && (flags & SOCK_NONBLOCK))
-            US_SYSCALL3(SYS_fcntl, fd, F_SETFL, O_NONBLOCK | O_RDWR);
-        us_say("handed over a connection accepted by the old primary as fd %ld", fd);
-        return fd;
-    }
-    return -1;
+    long fd = US_SYSCALL3(SYS_fcntl, orphans[i], (flags & SOCK_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD,
+                          0);
+    US_SYSCALL1(SYS_close, orphans[i]);
+    us_fds[orphans[i]].kind = US_FD_NONE;
+    orphans[i] = orphans[--norphans];
+    if (fd >= 0 && (flags & SOCK_NONBLOCK))
+        US_SYSCALL3(SYS_fcntl, fd, F_SETFL, O_NONBLOCK | O_RDWR);
+    if (orphan_for(listen_fd) < 0)
+        us_fd_unwake(listen_fd);
+    us_say("handed over a connection accepted by the old primary as fd %ld", fd);
+    return fd;
 }

@@ -79,8 +79,10 @@ struct us_fd {
     uint32_t ep_events;  /* and its registration there */
     uint64_t ep_data;
     uint32_t pb_len;     /* after a replay cut: input the faulty primary read */
-    uint32_t pb_next;    /* ahead, still to hand out (promote.c), where, */
-    int32_t pb_wake;     /* and the eventfd that wakes ep_fd1 for it (0: none) */
+    uint32_t pb_next;    /* ahead, still to hand out (promote.c), where */
+    int32_t wake;        /* after promotion: an eventfd that wakes ep_fd1 for
+                            what waits for this fd (kept input, a connection
+                            the old primary accepted), 0: none */
 };
 
 #define US_MAX_FDS 65536
@@ -167,7 +169,11 @@ void us_end_replay_here(unsigned ring);
  * it into buf, left in place if peek (the fd's pb_len says if there is any). */
 uint32_t us_pushback_take(int fd, void *buf, uint32_t len, int peek);
 /* The fd is closed or leaves its epoll set: its wake-up goes. */
-void us_pushback_unwake(int fd);
+void us_fd_unwake(int fd);
+
+/* Whether `understudy inject` asked for `fault` (enum us_inject) and this
+ * thread is the one to play it (util.c). */
+int us_take_injected(uint32_t fault);
 long us_orphan_accept(int listen_fd, int flags);
 
 /* fds */

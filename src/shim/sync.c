@@ -324,7 +324,12 @@ static int acquire(const struct acquire *q, uintptr_t site)
      * object; shared ones (readers, semaphore tokens) under its order lock.
      * pthread calls return 0 or an error, sem_* 0 or -1 with errno. */
     int shared = q->kind == A_RDLOCK || q->kind == A_WRLOCK || q->kind == A_SEM;
+    uint32_t *spinning = &us_log_.hdr->ring[t->ring].producer_in_spin_lock;
+    if (q->kind == A_SPIN) /* the supervisor's spin detection: not a hang */
+        __atomic_store_n(spinning, 1, __ATOMIC_RELAXED);
     int r = q->attempt(q->obj, q->arg1, q->arg2);
+    if (q->kind == A_SPIN)
+        __atomic_store_n(spinning, 0, __ATOMIC_RELAXED);
     int err = q->kind == A_SEM ? (r == 0 ? 0 : errno) : r;
     uint32_t id = obj_id(q->obj);
     struct us_ord *o = &objs[id];

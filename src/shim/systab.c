@@ -14,6 +14,7 @@
 #include <time.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -447,8 +448,14 @@ static long sp_fcntl(struct us_thread *t, long nr, long *a)
 static long accept_orphan_or(long nr, const long *a, int flags)
 {
     long fd = us_orphan_accept((int)a[0], flags);
-    if (fd < 0)
-        return us_raw(nr, a);
+    if (fd < 0) {
+        fd = us_raw(nr, a);
+        /* `understudy inject ... crash-in-accept`: the kernel has handed
+         * over the connection, the log will never say so */
+        if (US_UNLIKELY(fd >= 0 && us_take_injected(US_INJECT_CRASH_IN_ACCEPT)))
+            US_SYSCALL2(SYS_kill, US_SYSCALL0(SYS_getpid), SIGKILL);
+        return fd;
+    }
     if (a[1] && a[2])
         US_SYSCALL3(SYS_getpeername, fd, a[1], a[2]);
     return fd;

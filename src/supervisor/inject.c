@@ -7,6 +7,10 @@
  *   spin     the replica's next thread to make a call loops forever instead,
  *            running, without calls (a fault made a loop endless); the
  *            supervisor must notice that its backup got past that point
+ *   crash-in-accept
+ *            the replica dies in its next accept that gets a connection,
+ *            after the kernel handed it over and before it is logged: the
+ *            new primary must hand that connection to the program
  *   bitflip  one bit of the replica's writable memory flipped through
  *            process_vm_writev, at a given address or at a random one, as a
  *            memory fault would; output comparison must catch it if it ever
@@ -111,11 +115,14 @@ size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t ca
         us_say_sup(s, "injected: hang of the %s (pid %d)", role, (int)pid);
         return (size_t)snprintf(out, cap, "ok: stopped the %s, pid %d\n", role, (int)pid);
     }
-    if (strcmp(fault, "spin") == 0) {
-        __atomic_store_n(&s->log.hdr->replica[slot].inject_spin, 1, __ATOMIC_RELEASE);
-        us_say_sup(s, "injected: spin of the %s (pid %d) at its next call", role, (int)pid);
-        return (size_t)snprintf(out, cap, "ok: the %s, pid %d, spins at its next call\n", role,
-                                (int)pid);
+    if (strcmp(fault, "spin") == 0 || strcmp(fault, "crash-in-accept") == 0) {
+        int spin = fault[0] == 's';
+        __atomic_store_n(&s->log.hdr->replica[slot].inject,
+                         spin ? US_INJECT_SPIN : US_INJECT_CRASH_IN_ACCEPT, __ATOMIC_RELEASE);
+        const char *when = spin ? "spins at its next call"
+                                : "dies in its next accept, before logging it";
+        us_say_sup(s, "injected: the %s (pid %d) %s", role, (int)pid, when);
+        return (size_t)snprintf(out, cap, "ok: the %s, pid %d, %s\n", role, (int)pid, when);
     }
     if (strcmp(fault, "bitflip") == 0) {
         if (!addr)
@@ -126,5 +133,5 @@ size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t ca
         us_say_sup(s, "injected: bit flip in the %s: %s", role, out);
         return n;
     }
-    return (size_t)snprintf(out, cap, "error: unknown fault '%s' (crash, hang, spin, bitflip)\n", fault);
+    return (size_t)snprintf(out, cap, "error: unknown fault '%s' (crash, hang, spin, crash-in-accept, bitflip)\n", fault);
 }

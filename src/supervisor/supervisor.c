@@ -740,7 +740,8 @@ static int check_spinning(struct us_supervisor *s, long now)
         struct us_spin_sample *sp = &s->spin[r];
         uint64_t since = 0, head = __atomic_load_n(&c->head_seq, __ATOMIC_ACQUIRE);
         int waiter = -1;
-        if (__atomic_load_n(&c->in_use, __ATOMIC_ACQUIRE) == US_RING_LIVE && c->producer_tid > 0)
+        if (__atomic_load_n(&c->in_use, __ATOMIC_ACQUIRE) == US_RING_LIVE && c->producer_tid > 0 &&
+            !__atomic_load_n(&c->producer_in_spin_lock, __ATOMIC_RELAXED))
             for (int b = 0; b < s->opt.replicas; b++) {
                 if (b == s->primary || !s->rep[b].alive ||
                     __atomic_load_n(&h->replica[b].state, __ATOMIC_ACQUIRE) != US_REPLICA_RUNNING)
@@ -753,30 +754,29 @@ static int check_spinning(struct us_supervisor *s, long now)
                 }
             }
         if (!since) {
-            sp->waiting_since_ns = 0;
+            sp->at_ms = 0;
             continue;
         }
-        int fresh = sp->waiting_since_ns != since || sp->head_seq != head;
+        /* /proc is read when the primary thread's last event is first seen
+         * waited for, and then once every --hang-timeout */
+        int fresh = !sp->at_ms || sp->head_seq != head || sp->tid != c->producer_tid;
         if (!fresh && now - sp->at_ms < s->opt.hang_timeout_ms)
-            continue; /* /proc is read when a wait begins and when it is long */
+            continue;
         long cpu = thread_user_ms(pid, c->producer_tid);
         if (cpu < 0)
             continue;
-        if (fresh) {
-            *sp = (struct us_spin_sample){since, head, cpu, now};
-            continue;
-        }
         long waited = now_ns > since ? (long)((now_ns - since) / 1000000u) : 0;
-        if (waited < s->opt.hang_timeout_ms || cpu - sp->cpu_ms < (now - sp->at_ms) / 10) {
-            *sp = (struct us_spin_sample){since, head, cpu, now}; /* idle: look again later */
+        if (fresh || waited < s->opt.hang_timeout_ms ||
+            cpu - sp->cpu_ms < (now - sp->at_ms) / 10) {
+            *sp = (struct us_spin_sample){head, c->producer_tid, cpu, now};
             continue;
         }
-        us_say_sup(s, "primary pid %d: thread %d (tid %d) has run %ld ms in user mode of the last "
-                      "%ld without making a call, while backup pid %d, past the same point, has waited %ld "
-                      "ms for its next event: declaring the primary hung",
+        us_say_sup(s, "primary pid %d: thread %d (tid %d) has run %ld ms in user mode of the "
+                      "last %ld without making a call, while backup pid %d, past the same "
+                      "point, has waited %ld ms for its next event: declaring the primary hung",
                    (int)pid, r, c->producer_tid, cpu - sp->cpu_ms, now - sp->at_ms,
                    (int)s->rep[waiter].pid, waited);
-        sp->waiting_since_ns = 0;
+        sp->at_ms = 0;
         return 1;
     }
     return 0;

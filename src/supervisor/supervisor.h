@@ -39,12 +39,12 @@ struct us_proc {
 };
 
 /* Primary thread (by ring) whose backup twin waits for its next event: its
- * CPU time when that wait was first seen (spin detection). */
+ * CPU time when that was seen (spin detection). */
 struct us_spin_sample {
-    uint64_t waiting_since_ns; /* the backup's wait this sample is for; 0: none */
-    uint64_t head_seq;         /* the primary's events then */
+    uint64_t head_seq;         /* the primary thread's events then */
+    int tid;                   /* the primary thread */
     long cpu_ms;               /* the primary thread's user-mode CPU time then */
-    long at_ms;
+    long at_ms;                /* 0: no sample */
 };
 
 struct us_supervisor {

@@ -1,7 +1,7 @@
 /*
  * echo_server: line-based TCP echo for many concurrent clients.
  *
- * Usage: echo_server PORT
+ * Usage: echo_server PORT [MAX_FDS]
  * Protocol: every line ("...\n") a client sends comes back unchanged.
  *
  * Situation provoked: the plainest single-threaded event-loop server.
@@ -11,6 +11,8 @@
  *     finished later through EPOLLOUT
  *   - SIGTERM is blocked except inside epoll_pwait(), so a shutdown request
  *     can never slip in between "check flag" and "sleep"; it exits 0.
+ *   - with MAX_FDS, RLIMIT_NOFILE is lowered to it at start, as memcached
+ *     does to its -c: what understudy places at high fd numbers must fit.
  * The replies depend only on the input bytes, so after a failover any
  * corrupted, lost or duplicated byte is visible to the client.
  */
@@ -18,6 +20,7 @@
 
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 
 #define PROG "echo_server"
 
@@ -176,11 +179,16 @@ static void accept_all(int lfd)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: " PROG " PORT\n");
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: " PROG " PORT [MAX_FDS]\n");
         return 2;
     }
     int port = app_parse_port(PROG, argv[1]);
+    if (argc == 3) {
+        struct rlimit rl = {(rlim_t)atol(argv[2]), (rlim_t)atol(argv[2])};
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            app_die(PROG, "setrlimit");
+    }
 
     signal(SIGPIPE, SIG_IGN);
 

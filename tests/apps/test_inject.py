@@ -17,7 +17,12 @@ echoes lines without pause and checks every reply. Then:
   5. a fresh run with one backup; inject spin into the primary: its thread
      loops without calls, running, neither stopped nor dead; the backup gets
      past the same point and waits; the primary must be declared hung and
-     replaced, and the client's connection carry on.
+     replaced, and the client's connection carry on;
+  6. a fresh run of a server that lowers its RLIMIT_NOFILE (as memcached
+     does); inject crash-in-accept into the primary and connect: the kernel
+     hands the connection to the primary, which dies before logging it; the
+     new primary must hand it to the program's next accept and the newcomer
+     be served (not reset).
 Exit 0 pass, 1 fail, 77 skip.
 """
 import os
@@ -76,10 +81,11 @@ def wait_for(server, pred, what, seconds=5.0):
     return None
 
 
-def start_with_client(d, replicas):
+def start_with_client(d, replicas, extra=()):
     """echo_server under understudy (--hang-timeout 300), its backups ready,
     and the client thread talking to it."""
-    server = h.Server(lambda port: [server_bin, port], d, native=False, understudy=us,
+    server = h.Server(lambda port: [server_bin, port] + list(extra), d, native=False,
+                      understudy=us,
                       replicas=replicas, run_args=["--hang-timeout", "300"])
     server.start(h.Deadline(30))
     server.wait_backup_ready(h.Deadline(10))
@@ -134,6 +140,48 @@ with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
         if name not in err:
             failures.append("the run's log does not say '%s'" % name)
 
+def fresh_run_case(d, label, fault, recovered, what, log_words, after=None, undo=None,
+                   extra=()):
+    """A fresh run with one backup and the client talking: fault(server,
+    status) applies the fault, recovered(status, status_before) says
+    understudy dealt with it, after() runs then (e.g. thaws), and the client
+    must go on; the run's log must say each of log_words. undo() cleans up
+    whatever happens."""
+    stop.clear()
+    replies[0] = 0
+    server = None
+    try:
+        server, t = start_with_client(d, 2, extra)
+        time.sleep(0.3)
+        st0 = server.status()
+        fault(server, st0)
+        t0 = time.monotonic()
+        if wait_for(server, lambda st: recovered(st, st0), what) is not None:
+            print("%s: dealt with after %.0f ms" % (label, (time.monotonic() - t0) * 1000))
+        if after:
+            after()
+        before = replies[0]
+        time.sleep(0.5)
+        if replies[0] <= before + 10:
+            failures.append("%s: the client made no progress afterwards" % label)
+        stop.set()
+        t.join(10)
+        server.stop(15)
+    except h.TestFailure as e:
+        failures.append(str(e))
+    finally:
+        stop.set()
+        if undo:
+            undo()
+        if server is not None:
+            server.cleanup()
+    err = server.stderr_tail(20) if server is not None else ""
+    print(err)
+    for word in log_words:
+        if word not in err:
+            failures.append("%s: the run's log does not say '%s'" % (label, word))
+
+
 FREEZER = "/sys/fs/cgroup/freezer"
 
 
@@ -142,97 +190,84 @@ def frozen_backup_case(d):
         print("case 4 skipped: needs root and a v1 freezer cgroup at " + FREEZER)
         return
     cg = os.path.join(FREEZER, "us-test-%d" % os.getpid())
-    stop.clear()
-    replies[0] = 0
-    server = None
-    try:
-        server, t = start_with_client(d, 2)
-        time.sleep(0.3)
-        backup = server.status()["backups"][0]["pid"]
+
+    def freeze_backup(server, st):
         os.mkdir(cg)
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-            f.write(str(backup))
+            f.write(str(st["backups"][0]["pid"]))
         with open(os.path.join(cg, "freezer.state"), "w") as f:
             f.write("FROZEN")
-        t0 = time.monotonic()
-        st = wait_for(server, lambda st: all(b["state"] == "retired" for b in st["backups"]),
-                      "the frozen backup to be retired")
-        if st is not None:
-            print("frozen backup retired after %.0f ms" % ((time.monotonic() - t0) * 1000))
-        # thawed, it dies of the SIGKILL it was sent
-        with open(os.path.join(cg, "freezer.state"), "w") as f:
-            f.write("THAWED")
-        before = replies[0]
-        time.sleep(0.5)
-        if replies[0] <= before + 10:
-            failures.append("frozen backup: the client made no progress once it was retired")
-        stop.set()
-        t.join(10)
-        server.stop(15)
-    except h.TestFailure as e:
-        failures.append(str(e))
-    finally:
-        stop.set()
+
+    def thaw():  # thawed, a retired backup dies of the SIGKILL it was sent
         if os.path.isdir(cg):
             try:
                 with open(os.path.join(cg, "freezer.state"), "w") as f:
                     f.write("THAWED")
             except OSError:
                 pass
-        if server is not None:
-            server.cleanup()
-        if os.path.isdir(cg):
-            for _ in range(50):
-                try:
-                    os.rmdir(cg)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-    err = server.stderr_tail(20) if server is not None else ""
-    print(err)
-    if "stuck" not in err:
-        failures.append("frozen backup: the run's log does not say it was stuck")
+
+    def remove():
+        thaw()
+        for _ in range(50):
+            if not os.path.isdir(cg):
+                break
+            try:
+                os.rmdir(cg)
+            except OSError:
+                time.sleep(0.1)
+    fresh_run_case(d, "frozen backup", freeze_backup,
+                   lambda st, st0: all(b["state"] == "retired" for b in st["backups"]),
+                   "the frozen backup to be retired", ["stuck"], after=thaw, undo=remove)
 
 
 def spinning_primary_case(d):
-    stop.clear()
-    replies[0] = 0
-    server = None
-    try:
-        server, t = start_with_client(d, 2)
-        time.sleep(0.3)
-        primary = server.status()["primary"]["pid"]
+    def spin(server, st):
         rc, out = inject(server, "--replica", "primary", "spin")
         print("inject primary spin:", out)
         if rc != 0:
             failures.append("inject primary spin failed: " + out)
-        t0 = time.monotonic()
-        st = wait_for(server, lambda st: st["failovers"] == 1 and st["primary"]["pid"] != primary,
-                      "the spinning primary to be replaced")
-        if st is not None:
-            print("spinning primary replaced after %.0f ms" % ((time.monotonic() - t0) * 1000))
-        before = replies[0]
-        time.sleep(0.5)
-        if replies[0] <= before + 10:
-            failures.append("spinning primary: the client made no progress after the failover")
-        stop.set()
-        t.join(10)
-        server.stop(15)
-    except h.TestFailure as e:
-        failures.append(str(e))
-    finally:
-        stop.set()
-        if server is not None:
-            server.cleanup()
-    err = server.stderr_tail(20) if server is not None else ""
-    print(err)
-    for name in ("without making a call", "declaring the primary hung", "took over"):
-        if name not in err:
-            failures.append("spinning primary: the run's log does not say '%s'" % name)
+    fresh_run_case(d, "spinning primary", spin,
+                   lambda st, st0: st["failovers"] == 1 and
+                   st["primary"]["pid"] != st0["primary"]["pid"],
+                   "the spinning primary to be replaced",
+                   ["without making a call", "declaring the primary hung", "took over"])
+
+
+def crash_in_accept_case(d):
+    newcomer = []
+
+    def crash_in_accept(server, st):
+        rc, out = inject(server, "--replica", "primary", "crash-in-accept")
+        print("inject primary crash-in-accept:", out)
+        if rc != 0:
+            failures.append("inject primary crash-in-accept failed: " + out)
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        c.sendall(b"newcomer\n")
+        newcomer.append(c)
+
+    def newcomer_served():
+        c = newcomer[0]
+        try:
+            got = c.makefile("rb").readline()
+            if got != b"newcomer\n":
+                failures.append("crash in accept: the new connection got %r" % got)
+        except OSError as e:
+            failures.append("crash in accept: the new connection: %s" % e)
+        c.close()
+    # the server lowers its RLIMIT_NOFILE to 1024 as memcached does: the
+    # connection kept for it must still find an fd number
+    fresh_run_case(d, "crash in accept", crash_in_accept,
+                   lambda st, st0: st["failovers"] == 1 and
+                   st["primary"]["pid"] != st0["primary"]["pid"],
+                   "the primary that died in accept to be replaced",
+                   ["handed over a connection accepted by the old primary", "took over"],
+                   after=newcomer_served, extra=["1024"])
 
 
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     frozen_backup_case(d)
+with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
+    crash_in_accept_case(d)
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     spinning_primary_case(d)
 
