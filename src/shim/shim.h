@@ -172,8 +172,15 @@ uint32_t us_pushback_take(int fd, void *buf, uint32_t len, int peek);
 void us_fd_unwake(int fd);
 
 /* Whether `understudy inject` asked for `fault` (enum us_inject) and this
- * thread is the one to play it (util.c). */
-int us_take_injected(uint32_t fault);
+ * thread is the one to play it. On every call of the primary: one load
+ * inline, the rest out of line (util.c). */
+int us_take_injected_slow(uint32_t fault);
+static inline int us_take_injected(uint32_t fault)
+{
+    return US_UNLIKELY(__atomic_load_n(&us_log_.hdr->replica[us_slot].inject,
+                                       __ATOMIC_RELAXED) == fault) &&
+           us_take_injected_slow(fault);
+}
 long us_orphan_accept(int listen_fd, int flags);
 
 /* fds */

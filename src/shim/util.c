@@ -130,12 +130,10 @@ void us_fatal(const char *fmt, ...)
     __builtin_unreachable();
 }
 
-int us_take_injected(uint32_t fault)
+int us_take_injected_slow(uint32_t fault)
 {
-    uint32_t *w = &us_log_.hdr->replica[us_slot].inject;
     uint32_t want = fault;
     /* one thread takes it: the first to see it clears it */
-    return __atomic_load_n(w, __ATOMIC_RELAXED) == fault &&
-           __atomic_compare_exchange_n(w, &want, US_INJECT_NONE, 0, __ATOMIC_ACQ_REL,
-                                       __ATOMIC_RELAXED);
+    return __atomic_compare_exchange_n(&us_log_.hdr->replica[us_slot].inject, &want,
+                                       US_INJECT_NONE, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }

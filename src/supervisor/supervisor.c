@@ -643,6 +643,22 @@ static void check_divergences(struct us_supervisor *s)
     }
 }
 
+/* The fields of a /proc/.../stat file after the command's ")", in buf; NULL
+ * if it cannot be read (the process or thread is gone). */
+static const char *stat_fields(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    if (n <= 0)
+        return NULL;
+    buf[n] = '\0';
+    char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' ? rp + 2 : NULL;
+}
+
 /* A replica stopped (SIGSTOP, a debugger, a frozen core) for longer than
  * --hang-timeout is hung: killed, and for the primary, failed over. A hung
  * backup must go too: it would hold the primary back (back-pressure). */
@@ -650,16 +666,8 @@ static char proc_state(pid_t pid)
 {
     char path[64], buf[256];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return '?';
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return '?';
-    buf[n] = '\0';
-    char *rp = strrchr(buf, ')');
-    return rp && rp[1] == ' ' ? rp[2] : '?';
+    const char *f = stat_fields(path, buf, sizeof(buf));
+    return f ? f[0] : '?';
 }
 
 /* A backup that runs but replays nothing while the log holds events for it
@@ -701,18 +709,10 @@ static long thread_user_ms(pid_t pid, int tid)
 {
     char path[64], buf[512];
     snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid, tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
+    const char *f = stat_fields(path, buf, sizeof(buf));
     unsigned long utime = 0;
-    /* the fields after the command: state (3) ... utime (14) */
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu", &utime) != 1)
+    /* from the state (field 3) to utime (field 14) */
+    if (!f || sscanf(f, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu", &utime) != 1)
         return -1;
     return (long)(utime * 1000 / (unsigned long)sysconf(_SC_CLK_TCK));
 }
