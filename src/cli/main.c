@@ -132,7 +132,7 @@ static int cmd_run(int argc, char **argv)
     o.max_lag_events = 100000;
     o.max_lag_ms = 50;
     o.ring_size = 16u << 20;
-    o.backup_nice = 10;
+    o.backup_nice = 0;
     const char *cpus = NULL;
     int i;
     for (i = 0; i < argc; i++) {

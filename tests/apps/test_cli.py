@@ -20,7 +20,7 @@ not a failure.
      timeout): the primary is held back within --max-lag-ms, status reports
      the lag, and once the backup runs again the client goes on, every reply
      exact;
-  6. backups run nicer than the primary (--backup-nice, default 10), every
+  6. with --backup-nice 10, backups run nicer than the primary, every
      thread of them; a backup promoted by `understudy failover` gets the
      primary's priority back on every thread; as an ordinary user (who could
      not undo it) backups run at the primary's priority, and understudy says
@@ -114,7 +114,8 @@ with tempfile.TemporaryDirectory(prefix="us-cli-") as d:
     # 3. a second run on a control path in use
     ctl, port = os.path.join(d, "ctl.sock"), h.free_port()
     with open(os.path.join(d, "first.err"), "w") as err:
-        first = subprocess.Popen([us, "run", "--control", ctl, "--hang-timeout", "60000", "--",
+        first = subprocess.Popen([us, "run", "--control", ctl, "--hang-timeout", "60000",
+                                  "--backup-nice", "10", "--",
                                   echo_server, str(port)],
                                  stdout=subprocess.DEVNULL, stderr=err, cwd=d,
                                  start_new_session=True)
@@ -238,6 +239,7 @@ with tempfile.TemporaryDirectory(prefix="us-cli-") as d:
             os.chown(run_dir, 65534, 65534)
             r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
                                 "--clear-groups", os.path.join(ud, os.path.basename(us)), "run",
+                                "--backup-nice", "10",
                                 "--control", os.path.join(run_dir, "ctl.sock"), "--",
                                 "/bin/sh", "-c", "exit 3"],
                                capture_output=True, text=True, cwd="/", timeout=20)
