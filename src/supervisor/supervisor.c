@@ -503,15 +503,17 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
         close(p->pidfd);
     p->pidfd = -1;
     uint32_t state = s->log.hdr->replica[slot].state;
-    if (slot != s->primary && s->done) {
-        if (state == US_REPLICA_RETIRED)
-            us_say_sup(s, "backup pid %d retired (see above)", (int)p->pid);
-        else if (status_code(st) != s->exit_status)
-            us_say_sup(s, "backup pid %d ended with status %d, the primary with %d: they diverged",
-                       (int)p->pid, status_code(st), s->exit_status);
-        return;
-    }
     if (slot != s->primary) {
+        if (state == US_REPLICA_RETIRED) {
+            us_say_sup(s, "backup pid %d retired (see above)", (int)p->pid);
+            return;
+        }
+        if (s->done) {
+            if (status_code(st) != s->exit_status)
+                us_say_sup(s, "backup pid %d ended with status %d, the primary with %d: they "
+                              "diverged", (int)p->pid, status_code(st), s->exit_status);
+            return;
+        }
         __atomic_store_n(&s->log.hdr->replica[slot].state, US_REPLICA_DEAD, __ATOMIC_RELEASE);
         if (WIFEXITED(st) && __atomic_load_n(&s->log.hdr->program_exiting, __ATOMIC_ACQUIRE)) {
             /* it replayed the program's end before the primary was reaped */
@@ -521,12 +523,10 @@ static void on_exit_of(struct us_supervisor *s, int slot, int st)
                            s->log.hdr->program_exit_code & 0xff);
             return;
         }
-        if (!s->shutting_down && state != US_REPLICA_RETIRED)
+        if (!s->shutting_down)
             us_say_sup(s, "backup pid %d died (%s %d); running with fewer replicas",
                        (int)p->pid, WIFSIGNALED(st) ? "signal" : "status",
                        WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-        else if (state == US_REPLICA_RETIRED)
-            us_say_sup(s, "backup pid %d retired (see above)", (int)p->pid);
         return;
     }
     if (state == US_REPLICA_RETIRED) {
