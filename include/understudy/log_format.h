@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define US_LOG_MAGIC 0x474f4c5955445355ull /* "USDYLOG" little-endian-ish */
-#define US_LOG_VERSION 4u
+#define US_LOG_VERSION 5u
 
 #define US_MAX_THREADS 64  /* logical threads per replicated program */
 #define US_MAX_REPLICAS 8  /* primary + backups */
@@ -210,6 +210,9 @@ enum us_inject {
                                       ever instead, without calls */
     US_INJECT_CRASH_IN_ACCEPT = 2, /* the next accept that gets a connection
                                       kills the replica before it is logged */
+    US_INJECT_CRASH_IN_WRITE = 3,  /* the next write or send that put bytes
+                                      out kills the replica before it is
+                                      logged */
 };
 
 struct us_replica {
@@ -253,6 +256,10 @@ struct us_log_header {
     uint32_t program_exiting; /* the primary called exit_group: a backup that
                                  ends now is ending with it, not failing */
     int32_t program_exit_code;
+    int64_t stdio_pos[3];   /* offsets of the program's fds 0-2 when the first
+                               primary attached, -1 if not a regular file:
+                               where failover looks for output in flight on
+                               them when none was logged yet (promote.c) */
     struct us_replica replica[US_MAX_REPLICAS];
     struct us_ring_ctl ring[US_MAX_THREADS];
 };

@@ -21,7 +21,7 @@ static void usage(FILE *f)
             "       understudy status [--json] [--control PATH]\n"
             "       understudy failover [--control PATH]\n"
             "       understudy inject [--control PATH] --replica primary|backup|SLOT\n"
-            "                         crash|hang|spin|crash-in-accept|bitflip [--address HEX]\n"
+            "                         crash|hang|spin|crash-in-accept|crash-in-write|bitflip [--address HEX]\n"
             "\n"
             "Runs PROGRAM as a primary and backup replicas that replay its log, and keeps it\n"
             "serving its clients when the primary fails. See docs/cli.md.\n");
@@ -247,7 +247,7 @@ static int cmd_client(const char *cmd, int argc, char **argv)
     }
     if (inject && (!replica || !fault)) {
         fprintf(stderr, "understudy: inject needs --replica primary|backup|SLOT and a fault "
-                        "(crash, hang, spin, crash-in-accept, bitflip)\n");
+                        "(crash, hang, spin, crash-in-accept, crash-in-write, bitflip)\n");
         return 2;
     }
     if (!path) {

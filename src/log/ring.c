@@ -51,6 +51,8 @@ void us_log_format(struct us_log *log, uint64_t ring_size, uint32_t nreplicas,
     h->ring_size = ring_size;
     h->max_lag_events = max_lag_events;
     h->nreplicas = nreplicas;
+    for (unsigned i = 0; i < 3; i++)
+        h->stdio_pos[i] = -1;
     for (unsigned i = 0; i < US_MAX_THREADS; i++)
         h->ring[i].pending = US_NO_PENDING;
 }

@@ -13,6 +13,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -48,6 +49,17 @@ int64_t us_tcp_sent_total(int fd)
     if (US_SYSCALL3(SYS_ioctl, fd, SIOCOUTQ, &outq) < 0)
         return -1;
     return (int64_t)ti.tcpi_bytes_acked + outq;
+}
+
+/* Where the next write to this regular file lands: its end with O_APPEND,
+ * else its offset. */
+int64_t us_file_write_pos(int fd)
+{
+    struct stat st;
+    long fl = US_SYSCALL2(SYS_fcntl, fd, F_GETFL);
+    if (fl >= 0 && (fl & O_APPEND))
+        return US_SYSCALL2(SYS_fstat, fd, &st) == 0 ? (int64_t)st.st_size : -1;
+    return US_SYSCALL3(SYS_lseek, fd, 0, SEEK_CUR);
 }
 
 void us_fd_created(long fd, int kind)
@@ -420,10 +432,17 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     long r;
     if (d->kind == K_OUTPUT && f && f->skip > 0)
         r = output_with_skip(nr, a, f);
+    else if (d->kind == K_OUTPUT && f && f->in_flight)
+        r = us_output_unless_in_file(nr, a, f);
     else if (d->exec)
         r = d->exec(a);
     else
         r = us_raw(nr, a);
+    /* `understudy inject ... crash-in-write`: the bytes are out, the log
+     * will never say so */
+    if (US_UNLIKELY(d->kind == K_OUTPUT && r > 0 && nr != SYS_setsockopt &&
+                    nr != SYS_epoll_ctl && us_take_injected(US_INJECT_CRASH_IN_WRITE)))
+        US_SYSCALL2(SYS_kill, US_SYSCALL0(SYS_getpid), SIGKILL);
 
     if (!fv.n) {
         fds_created(nr, a, r, d, &fv);

@@ -13,6 +13,7 @@
  *     the next accept on its listening socket;
  *  3. start our own keeper and tell the supervisor we are live.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -21,6 +22,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "engine.h"
@@ -83,10 +85,109 @@ static int ctl_recv(struct us_msg *m, int *fds)
     return n;
 }
 
+/*
+ * Output in flight on an inherited regular file (stdout to a file): the old
+ * primary may have written it and died before logging it. The file is shared
+ * with others (the supervisor's messages, the user's shell), so its offset
+ * does not say how much was ours; its content does. What lies past the last
+ * logged write is read at promotion, and the new primary's next writes to the
+ * fd that are found there, in order, are reported written instead of being
+ * written again. The first write not found there ends the check.
+ */
+#define IN_FILE_MAX (1u << 20)
+static uint8_t in_file_buf[IN_FILE_MAX]; /* what fds 0-2 hold past their last logged writes */
+static size_t in_file_used;
+static struct in_file {
+    size_t off, len, at; /* its bytes in in_file_buf, of which matched */
+} in_file[3];
+
+static void note_output_in_file(int fd, struct us_fd *f)
+{
+    int64_t from = f->fpos >= 0 ? f->fpos : us_log_.hdr->stdio_pos[fd];
+    int64_t to = us_file_write_pos(fd);
+    if (fd > 2 || from < 0 || to <= from)
+        return;
+    size_t len = (size_t)(to - from), got = 0;
+    /* stdout is open for writing only: read it through a descriptor of our own */
+    char path[] = "/proc/self/fd/N";
+    path[sizeof(path) - 2] = (char)('0' + fd);
+    long rfd = len <= IN_FILE_MAX - in_file_used
+                   ? US_SYSCALL4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0)
+                   : -EFBIG;
+    while (rfd >= 0 && got < len) {
+        long r = US_SYSCALL4(SYS_pread64, rfd, in_file_buf + in_file_used + got, len - got,
+                             from + (int64_t)got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (rfd >= 0)
+        US_SYSCALL1(SYS_close, rfd);
+    if (got < len) {
+        us_say("fd %d: cannot read back the %lu bytes past its last logged write (%ld): output "
+               "in flight at the failover may be written twice", fd, (unsigned long)len, rfd);
+        return;
+    }
+    in_file[fd] = (struct in_file){in_file_used, len, 0};
+    in_file_used += len;
+    f->in_flight = 1;
+}
+
+static int iov_equal(const uint8_t *p, const struct iovec *iov, int cnt)
+{
+    for (int i = 0; i < cnt; p += iov[i].iov_len, i++)
+        if (memcmp(p, iov[i].iov_base, iov[i].iov_len))
+            return 0;
+    return 1;
+}
+
+/* Whether the n bytes of iov are in the unmatched part of w: then they are
+ * matched (the old primary wrote them). */
+static int found_in_file(struct in_file *w, const struct iovec *iov, int cnt, size_t n)
+{
+    int k = 0;
+    while (k < cnt && !iov[k].iov_len)
+        k++;
+    const uint8_t *base = in_file_buf + w->off;
+    const uint8_t *p = base + w->at, *end = base + w->len;
+    while ((size_t)(end - p) >= n) {
+        const uint8_t *x = memmem(p, (size_t)(end - p), iov[k].iov_base, iov[k].iov_len);
+        if (!x || (size_t)(end - x) < n)
+            return 0;
+        if (iov_equal(x, iov + k, cnt - k)) {
+            w->at = (size_t)(x - base) + n;
+            return 1;
+        }
+        p = x + 1;
+    }
+    return 0;
+}
+
+long us_output_unless_in_file(long nr, const long *a, struct us_fd *f)
+{
+    struct iovec one = {(void *)a[1], (size_t)a[2]};
+    const struct iovec *iov = nr == SYS_writev ? (const struct iovec *)a[1] : &one;
+    int cnt = nr == SYS_writev ? (int)a[2] : nr == SYS_write ? 1 : 0;
+    size_t n = 0;
+    for (int i = 0; i < cnt; i++)
+        n += iov[i].iov_len;
+    struct in_file *w = &in_file[a[0]]; /* in_flight is set on fds 0-2 only */
+    int found = n && found_in_file(w, iov, cnt, n);
+    if (found)
+        us_say("fd %ld: %lu bytes of output were already written by the old primary", a[0],
+               (unsigned long)n);
+    if (!found || w->at == w->len)
+        f->in_flight = 0;
+    return found ? (long)n : us_raw(nr, a);
+}
+
 static void settle_fd(int fd, struct us_fd *f)
 {
-    if (f->inherited)
+    if (f->inherited) {
+        if (f->kind == US_FD_FILE)
+            note_output_in_file(fd, f);
         return;
+    }
     if (f->kind == US_FD_SOCKET) {
         int64_t total = us_tcp_sent_total(fd);
         if (total < 0)

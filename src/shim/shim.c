@@ -139,6 +139,9 @@ __attribute__((constructor(101))) static void us_init(void)
         __atomic_store_n(&us_log_.hdr->ring[0].in_use, US_RING_LIVE, __ATOMIC_RELEASE);
         us_log_.hdr->ring[0].producer_tid = (int32_t)US_SYSCALL0(SYS_gettid);
         us_log_.hdr->program_pid = (int32_t)US_SYSCALL0(SYS_getpid);
+        for (int fd = 0; fd < 3; fd++)
+            if (us_fds[fd].kind == US_FD_FILE)
+                us_log_.hdr->stdio_pos[fd] = us_file_write_pos(fd);
         me->keeper_pid = (int32_t)us_spawn_keeper();
     } else {
         long fd = US_SYSCALL3(SYS_open, "/dev/null", O_RDWR | O_CLOEXEC, 0);

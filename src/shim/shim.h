@@ -71,6 +71,9 @@ struct us_fd {
     uint8_t inherited;   /* open before the program started (stdin/out/err):
                             shared with others, so failover leaves its
                             offset alone */
+    uint8_t in_flight;   /* after promotion, inherited file: output the old
+                            primary may have written unlogged is looked for
+                            in the file before writing (promote.c) */
     int64_t written;     /* bytes the program wrote to it (successful outputs) */
     int64_t sent_base;   /* TCP: kernel's sent count before the first write */
     int64_t fpos;        /* file: offset after the last logged op, -1 unknown */
@@ -193,5 +196,9 @@ void us_fd_created(long fd, int kind);
 void us_note_epoll_ctl(const long *a, long ret);
 void us_reregister_signalfds(void);
 int64_t us_tcp_sent_total(int fd);
+int64_t us_file_write_pos(int fd);
+/* after promotion, an inherited file's output the old primary may have
+ * written unlogged: found in the file, it is not written again (promote.c) */
+long us_output_unless_in_file(long nr, const long *a, struct us_fd *f);
 
 #endif

@@ -11,6 +11,10 @@
  *            the replica dies in its next accept that gets a connection,
  *            after the kernel handed it over and before it is logged: the
  *            new primary must hand that connection to the program
+ *   crash-in-write
+ *            the replica dies right after its next write or send put bytes
+ *            out, before it is logged: the new primary must not put them out
+ *            again
  *   bitflip  one bit of the replica's writable memory flipped through
  *            process_vm_writev, at a given address or at a random one, as a
  *            memory fault would; output comparison must catch it if it ever
@@ -115,14 +119,22 @@ size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t ca
         us_say_sup(s, "injected: hang of the %s (pid %d)", role, (int)pid);
         return (size_t)snprintf(out, cap, "ok: stopped the %s, pid %d\n", role, (int)pid);
     }
-    if (strcmp(fault, "spin") == 0 || strcmp(fault, "crash-in-accept") == 0) {
-        int spin = fault[0] == 's';
-        __atomic_store_n(&s->log.hdr->replica[slot].inject,
-                         spin ? US_INJECT_SPIN : US_INJECT_CRASH_IN_ACCEPT, __ATOMIC_RELEASE);
-        const char *when = spin ? "spins at its next call"
-                                : "dies in its next accept, before logging it";
-        us_say_sup(s, "injected: the %s (pid %d) %s", role, (int)pid, when);
-        return (size_t)snprintf(out, cap, "ok: the %s, pid %d, %s\n", role, (int)pid, when);
+    static const struct {
+        const char *name;
+        uint32_t fault;
+        const char *when;
+    } played[] = {
+        {"spin", US_INJECT_SPIN, "spins at its next call"},
+        {"crash-in-accept", US_INJECT_CRASH_IN_ACCEPT, "dies in its next accept, before logging it"},
+        {"crash-in-write", US_INJECT_CRASH_IN_WRITE, "dies after its next write, before logging it"},
+    };
+    for (size_t i = 0; i < sizeof(played) / sizeof(played[0]); i++) {
+        if (strcmp(fault, played[i].name))
+            continue;
+        __atomic_store_n(&s->log.hdr->replica[slot].inject, played[i].fault, __ATOMIC_RELEASE);
+        us_say_sup(s, "injected: the %s (pid %d) %s", role, (int)pid, played[i].when);
+        return (size_t)snprintf(out, cap, "ok: the %s, pid %d, %s\n", role, (int)pid,
+                                played[i].when);
     }
     if (strcmp(fault, "bitflip") == 0) {
         if (!addr)
@@ -133,5 +145,5 @@ size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t ca
         us_say_sup(s, "injected: bit flip in the %s: %s", role, out);
         return n;
     }
-    return (size_t)snprintf(out, cap, "error: unknown fault '%s' (crash, hang, spin, crash-in-accept, bitflip)\n", fault);
+    return (size_t)snprintf(out, cap, "error: unknown fault '%s' (crash, hang, spin, crash-in-accept, crash-in-write, bitflip)\n", fault);
 }

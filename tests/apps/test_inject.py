@@ -22,7 +22,11 @@ echoes lines without pause and checks every reply. Then:
      does); inject crash-in-accept into the primary and connect: the kernel
      hands the connection to the primary, which dies before logging it; the
      new primary must hand it to the program's next accept and the newcomer
-     be served (not reset).
+     be served (not reset);
+  7. a fresh run; inject crash-in-write into the primary: its next reply to
+     the client reaches the kernel and the primary dies before logging it;
+     the new primary must not send that reply again (the client checks every
+     reply in order: a repeated one fails it).
 Exit 0 pass, 1 fail, 77 skip.
 """
 import os
@@ -264,8 +268,23 @@ def crash_in_accept_case(d):
                    after=newcomer_served, extra=["1024"])
 
 
+def crash_in_write_case(d):
+    def crash_in_write(server, st):
+        rc, out = inject(server, "--replica", "primary", "crash-in-write")
+        print("inject primary crash-in-write:", out)
+        if rc != 0:
+            failures.append("inject primary crash-in-write failed: " + out)
+    fresh_run_case(d, "crash in write", crash_in_write,
+                   lambda st, st0: st["failovers"] == 1 and
+                   st["primary"]["pid"] != st0["primary"]["pid"],
+                   "the primary that died after a write to be replaced",
+                   ["bytes of output were already sent by the old primary", "took over"])
+
+
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     frozen_backup_case(d)
+with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
+    crash_in_write_case(d)
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     crash_in_accept_case(d)
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:

@@ -21,7 +21,8 @@ main() does the rest:
                   of BAD_WORDS ("divergence", "retired", "had not finished",
                   ...) and no "took over";
   --kills K       the primary SIGKILLed K times at random moments while the
-                  program runs (pid from `understudy status --json`), each
+                  program runs (--fault crash-in-write: made to die right after
+                  its next write, before logging it) (pid from `understudy status --json`), each
                   after the previous failover was reported: exit status 0,
                   K "took over" lines, no divergence, the journal checks
                   (every line once: nothing lost or repeated at a failover),
@@ -296,6 +297,10 @@ def parse_args(spec, argv):
                    help="run natively (twice, same -S seed) and test the journal checker")
     p.add_argument("--kills", type=int, default=1,
                    help="SIGKILL the primary this many times (default 1; 0: no fault)")
+    p.add_argument("--fault", choices=("crash", "crash-in-write"), default="crash",
+                   help="how each kill lands: SIGKILL at the moment (crash), or the "
+                        "primary dies right after its next write put bytes out, before "
+                        "logging it (`understudy inject ... crash-in-write`)")
     p.add_argument("--replicas", type=int, default=None,
                    help="replicas incl. the primary (default max(2, kills+1))")
     p.add_argument("--seed", type=int, default=None,
@@ -511,7 +516,10 @@ def _kill_loop(run, args, moments, deadline, summary):
         try:
             if run.proc.poll() is not None:
                 raise ProcessLookupError()
-            run.kill_primary(pid)  # TestFailure if pid is no longer that replica
+            if args.fault == "crash":
+                run.kill_primary(pid)  # TestFailure if pid is no longer that replica
+            else:
+                inject_in_write(run)
         except (TestFailure, ProcessLookupError):
             raise TestFailure(
                 "test setup: the program ended before kill #%d could land (%.2f s after "
@@ -519,8 +527,9 @@ def _kill_loop(run, args, moments, deadline, summary):
                 "running program; give a longer --duration"
                 % (i + 1, elapsed, args.duration, run.proc.poll()))
         t_kill = time.monotonic()
-        h.log("kill #%d: SIGKILL primary pid %d %.2f s after the header (%d bytes of "
-              "journal so far)" % (i + 1, pid, elapsed, size_at_kill))
+        h.log("kill #%d: %s primary pid %d %.2f s after the header (%d bytes of "
+              "journal so far)" % (i + 1, "SIGKILL" if args.fault == "crash" else args.fault,
+                                   pid, elapsed, size_at_kill))
         try:
             new_pid = run.wait_failover(pid, base_failovers + i + 1, deadline)
         except TestFailure:
@@ -541,6 +550,15 @@ def _kill_loop(run, args, moments, deadline, summary):
         summary.append("kill #%d of pid %d %.2f s into the run, at %d bytes of journal"
                        " -> pid %s" % (i + 1, pid, elapsed, size_at_kill, new_pid))
     return size_at_kill
+
+
+def inject_in_write(run):
+    r = subprocess.run([run.understudy, "inject", "--control", run.ctl, "--replica", "primary",
+                        "crash-in-write"], cwd=run.workdir, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=10)
+    if r.returncode != 0:
+        raise TestFailure("understudy inject crash-in-write failed (%d): %s"
+                          % (r.returncode, (r.stdout + r.stderr).strip()))
 
 
 def main(spec, argv=None):
