@@ -91,8 +91,9 @@ static int ctl_recv(struct us_msg *m, int *fds)
  * with others (the supervisor's messages, the user's shell), so its offset
  * does not say how much was ours; its content does. What lies past the last
  * logged write is read at promotion, and the new primary's next writes to the
- * fd that are found there, in order, are reported written instead of being
- * written again. The first write not found there ends the check.
+ * fd that are found there, one after the other from its start, are reported
+ * written instead of being written again. The first write not found there
+ * ends the check.
  */
 #define IN_FILE_MAX (1u << 20)
 static uint8_t in_file_buf[IN_FILE_MAX]; /* what fds 0-2 hold past their last logged writes */
@@ -141,26 +142,15 @@ static int iov_equal(const uint8_t *p, const struct iovec *iov, int cnt)
     return 1;
 }
 
-/* Whether the n bytes of iov are in the unmatched part of w: then they are
- * matched (the old primary wrote them). */
+/* Whether the n bytes of iov come next in w: then they are matched (the old
+ * primary wrote them). Only where the unmatched part begins: a short write
+ * (a pid, a word) could be found anywhere in text others wrote after it. */
 static int found_in_file(struct in_file *w, const struct iovec *iov, int cnt, size_t n)
 {
-    int k = 0;
-    while (k < cnt && !iov[k].iov_len)
-        k++;
-    const uint8_t *base = in_file_buf + w->off;
-    const uint8_t *p = base + w->at, *end = base + w->len;
-    while ((size_t)(end - p) >= n) {
-        const uint8_t *x = memmem(p, (size_t)(end - p), iov[k].iov_base, iov[k].iov_len);
-        if (!x || (size_t)(end - x) < n)
-            return 0;
-        if (iov_equal(x, iov + k, cnt - k)) {
-            w->at = (size_t)(x - base) + n;
-            return 1;
-        }
-        p = x + 1;
-    }
-    return 0;
+    if (w->len - w->at < n || !iov_equal(in_file_buf + w->off + w->at, iov, cnt))
+        return 0;
+    w->at += n;
+    return 1;
 }
 
 long us_output_unless_in_file(long nr, const long *a, struct us_fd *f)
