@@ -670,6 +670,39 @@ static char proc_state(pid_t pid)
     return f ? f[0] : '?';
 }
 
+/* What the threads of `pid` got from the scheduler so far, and how many are
+ * runnable now. */
+static struct us_cpu_use cpu_use(pid_t pid)
+{
+    struct us_cpu_use u = {0, 0, 0};
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return u;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char f[320], buf[128];
+        snprintf(f, sizeof(f), "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+        const char *st = stat_fields(f, buf, sizeof(buf));
+        u.runnable += st && st[0] == 'R';
+        snprintf(f, sizeof(f), "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
+        int fd = open(f, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        unsigned long long run, wait;
+        if (n > 0 && (buf[n] = '\0', sscanf(buf, "%llu %llu", &run, &wait) == 2)) {
+            u.run_ns += run;
+            u.wait_ns += wait;
+        }
+    }
+    closedir(d);
+    return u;
+}
+
 /* A backup that runs but replays nothing while the log holds events for it
  * is as hung as a stopped one, and holds the primary back (back-pressure):
  * past --hang-timeout it is retired. Both must hold: no event replayed and
@@ -686,12 +719,21 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
         __atomic_load_n(&s->log.hdr->replica[b].state, __ATOMIC_ACQUIRE) != US_REPLICA_RUNNING) {
         p->replayed = seq;
         p->replayed_at_ms = now;
+        p->cpu_at.run_ns = 0; /* sampled once it stops replaying */
         return;
     }
+    if (!p->cpu_at.run_ns)
+        p->cpu_at = cpu_use(p->pid);
     if (now - p->replayed_at_ms <= s->opt.hang_timeout_ms ||
         us_backup_lag_ms(s, b) <= (uint64_t)s->opt.hang_timeout_ms)
         return;
-    char why[256];
+    /* Starved (runnable, but the CPUs went to others) or stuck (asleep, or
+     * spinning on its own): said, for whoever must fix it; retired either
+     * way, since it holds the primary back (back-pressure). */
+    struct us_cpu_use u = cpu_use(p->pid);
+    long ran_ms = (long)((u.run_ns - p->cpu_at.run_ns) / 1000000);
+    long window = now - p->replayed_at_ms;
+    char why[512];
     int n = snprintf(why, sizeof(why), "it has replayed nothing for longer than --hang-timeout "
                                        "though the log holds events for it (threads");
     for (unsigned r = 0; r < US_MAX_THREADS && n < (int)sizeof(why) - 64; r++) {
@@ -700,7 +742,12 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
             n += snprintf(why + n, sizeof(why) - (size_t)n, " %u at event %lu of %lu", r,
                           (unsigned long)c->consumer[b].seq, (unsigned long)c->head_seq);
     }
-    snprintf(why + n, sizeof(why) - (size_t)n, "): stuck; the primary goes on without it");
+    if (u.runnable && ran_ms < window / 10)
+        snprintf(why + n, sizeof(why) - (size_t)n, "): starved, it was ready to run but got %ld "
+                 "ms of CPU in %ld ms (the machine is overloaded); the primary goes on without "
+                 "it", ran_ms, window);
+    else
+        snprintf(why + n, sizeof(why) - (size_t)n, "): stuck; the primary goes on without it");
     retire_backup(s, b, why);
 }
 

@@ -25,6 +25,13 @@ struct us_run_options {
     char **argv;               /* the program and its arguments */
 };
 
+/* What a process's threads got from the scheduler, summed (schedstat). */
+struct us_cpu_use {
+    uint64_t run_ns;           /* on a CPU */
+    uint64_t wait_ns;          /* runnable, waiting for a CPU (counted when it gets one) */
+    int runnable;              /* threads runnable now */
+};
+
 struct us_proc {
     pid_t pid;
     int pidfd;
@@ -36,6 +43,7 @@ struct us_proc {
     long diverged_since_ms;    /* waiting for the vote since */
     uint64_t replayed;         /* backup: events replayed, at replayed_at_ms */
     long replayed_at_ms;
+    struct us_cpu_use cpu_at;  /* its CPU use then (stuck or starved?) */
 };
 
 /* Primary thread (by ring) whose backup twin waits for its next event: its

@@ -26,7 +26,11 @@ echoes lines without pause and checks every reply. Then:
   7. a fresh run; inject crash-in-write into the primary: its next reply to
      the client reaches the kernel and the primary dies before logging it;
      the new primary must not send that reply again (the client checks every
-     reply in order: a repeated one fails it).
+     reply in order: a repeated one fails it);
+  8. a fresh run with one backup starved of CPU (its threads SCHED_IDLE,
+     a busy loop pinned to its CPU): runnable but not running, it replays
+     nothing; it must be retired as starved (not "stuck": the message tells
+     an overloaded machine from a backup that hangs) and the client go on.
 Exit 0 pass, 1 fail, 77 skip.
 """
 import os
@@ -281,8 +285,32 @@ def crash_in_write_case(d):
                    ["bytes of output were already sent by the old primary", "took over"])
 
 
+def starved_backup_case(d):
+    hog = []
+
+    def starve_backup(server, st):
+        pid = st["backups"][0]["pid"]
+        with open("/proc/%d/status" % pid) as f:
+            cpus = [l.split()[1] for l in f if l.startswith("Cpus_allowed_list")][0]
+        for tid in os.listdir("/proc/%d/task" % pid):
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+        hog.append(subprocess.Popen(["taskset", "-c", cpus, "/bin/sh", "-c", "while :; do :; done"],
+                                    start_new_session=True))
+
+    def stop_hog():
+        for p in hog:
+            p.kill()
+            p.wait()
+    fresh_run_case(d, "starved backup", starve_backup,
+                   lambda st, st0: all(b["state"] == "retired" for b in st["backups"]),
+                   "the starved backup to be retired", ["starved", "overloaded"],
+                   after=stop_hog, undo=stop_hog)
+
+
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     frozen_backup_case(d)
+with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
+    starved_backup_case(d)
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
     crash_in_write_case(d)
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
