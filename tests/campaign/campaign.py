@@ -17,6 +17,10 @@ injects faults with `understudy inject` at random moments into random replicas:
   spin-primary                  the primary's next thread to make a call loops
                                 without calls instead (running, not stopped):
                                 it must be declared hung and replaced too
+  writecrash-primary            the primary dies right after its next write
+                                or send put bytes out, before logging it
+                                (inject crash-in-write): those bytes must
+                                reach the client once
   crash-backup, hang-backup     a backup dies / is declared hung and retired;
                                 the service must not notice
   bitflip-backup                one random bit of a backup's memory; whether a
@@ -124,7 +128,9 @@ PASS, FAIL, SKIP = 0, 1, 77
 mono = time.monotonic
 
 KINDS = ["crash-primary", "crash-backup", "hang-primary", "hang-backup", "spin-primary",
-         "bitflip-backup", "bitflip-primary"]
+         "writecrash-primary", "bitflip-backup", "bitflip-primary"]
+# `understudy inject` names of the faults whose kind name says it shorter
+INJECT_NAMES = {"writecrash": "crash-in-write"}
 PROGRAMS = ["redis", "memcached", "echo", "time_random", "stdio_append", "mt_ledger"]
 APP_BINARIES = {"echo": "echo_server", "time_random": "time_random_server",
                 "stdio_append": "stdio_append_server", "mt_ledger": "mt_ledger_server"}
@@ -1652,7 +1658,7 @@ def inject_fault(ctx, target, wl, fault, st):
             else:
                 address, fault.where = picked
     fault.t_inject = t0 = mono()
-    rc, out = target.inject(fault.who, fault_name, address)
+    rc, out = target.inject(fault.who, INJECT_NAMES.get(fault_name, fault_name), address)
     fault.inject_reply = out
     log("fault #%d (round %d, %s): %s%s of %s pid %d -> %s"
         % (fault.n, fault.round, target.program, fault_name,
@@ -1664,7 +1670,7 @@ def inject_fault(ctx, target, wl, fault, st):
         return None
 
     t_rec = None
-    if kind in ("crash-primary", "hang-primary", "spin-primary"):
+    if kind in ("crash-primary", "hang-primary", "spin-primary", "writecrash-primary"):
         old = fault.pid
 
         def promoted(s):
@@ -2123,7 +2129,7 @@ class Campaign:
         rows, total = self.table()
         hdr = ("fault kind", "injected", "survived", "divergences", "lost writes",
                "dup effects", "resets", "worst pause ms")
-        fmt = "%-16s %8s %8s %11s %11s %11s %7s %14s"
+        fmt = "%-18s %8s %8s %11s %11s %11s %7s %14s"
         print()
         print(fmt % hdr)
         print(fmt % tuple("-" * len(h) for h in hdr))
