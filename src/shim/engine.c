@@ -432,8 +432,9 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     long r;
     if (d->kind == K_OUTPUT && f && f->skip > 0)
         r = output_with_skip(nr, a, f);
-    else if (d->kind == K_OUTPUT && f && f->in_flight)
-        r = us_output_unless_in_file(nr, a, f);
+    else if (d->kind == K_OUTPUT && f && f->in_flight &&
+             (f->skip = (int64_t)us_output_in_file(nr, a, f)) > 0)
+        r = output_with_skip(nr, a, f);
     else if (d->exec)
         r = d->exec(a);
     else

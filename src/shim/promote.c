@@ -134,26 +134,26 @@ static void note_output_in_file(int fd, struct us_fd *f)
     f->in_flight = 1;
 }
 
-static int iov_equal(const uint8_t *p, const struct iovec *iov, int cnt)
+/* How many of the first bytes of iov (n in all) equal p[0..len). */
+static size_t iov_prefix_equal(const uint8_t *p, size_t len, const struct iovec *iov, int cnt)
 {
-    for (int i = 0; i < cnt; p += iov[i].iov_len, i++)
-        if (memcmp(p, iov[i].iov_base, iov[i].iov_len))
+    size_t done = 0;
+    for (int i = 0; i < cnt && done < len; i++) {
+        size_t k = iov[i].iov_len < len - done ? iov[i].iov_len : len - done;
+        if (memcmp(p + done, iov[i].iov_base, k))
             return 0;
-    return 1;
+        done += k;
+    }
+    return done;
 }
 
-/* Whether the n bytes of iov come next in w: then they are matched (the old
- * primary wrote them). Only where the unmatched part begins: a short write
- * (a pid, a word) could be found anywhere in text others wrote after it. */
-static int found_in_file(struct in_file *w, const struct iovec *iov, int cnt, size_t n)
-{
-    if (w->len - w->at < n || !iov_equal(in_file_buf + w->off + w->at, iov, cnt))
-        return 0;
-    w->at += n;
-    return 1;
-}
-
-long us_output_unless_in_file(long nr, const long *a, struct us_fd *f)
+/* How many leading bytes of this output the old primary already wrote: they
+ * come next in the file, from where the unmatched part begins (not anywhere
+ * in it: a short write, a pid, could be found in text others wrote after
+ * it). All of it, or the start of it when the old primary died in the
+ * middle of the write (a write to a file can stop short at a fatal signal).
+ * The first output not found there ends the check. */
+size_t us_output_in_file(long nr, const long *a, struct us_fd *f)
 {
     struct iovec one = {(void *)a[1], (size_t)a[2]};
     const struct iovec *iov = nr == SYS_writev ? (const struct iovec *)a[1] : &one;
@@ -162,13 +162,15 @@ long us_output_unless_in_file(long nr, const long *a, struct us_fd *f)
     for (int i = 0; i < cnt; i++)
         n += iov[i].iov_len;
     struct in_file *w = &in_file[a[0]]; /* in_flight is set on fds 0-2 only */
-    int found = n && found_in_file(w, iov, cnt, n);
-    if (found)
-        us_say("fd %ld: %lu bytes of output were already written by the old primary", a[0],
-               (unsigned long)n);
-    if (!found || w->at == w->len)
+    size_t rest = w->len - w->at;
+    size_t k = n ? iov_prefix_equal(in_file_buf + w->off + w->at, rest < n ? rest : n, iov, cnt) : 0;
+    if (k)
+        us_say("fd %ld: %lu of %lu bytes of output were already written by the old primary",
+               a[0], (unsigned long)k, (unsigned long)n);
+    w->at += k;
+    if (!k || w->at == w->len)
         f->in_flight = 0;
-    return found ? (long)n : us_raw(nr, a);
+    return k;
 }
 
 static void settle_fd(int fd, struct us_fd *f)

@@ -198,7 +198,8 @@ void us_reregister_signalfds(void);
 int64_t us_tcp_sent_total(int fd);
 int64_t us_file_write_pos(int fd);
 /* after promotion, an inherited file's output the old primary may have
- * written unlogged: found in the file, it is not written again (promote.c) */
-long us_output_unless_in_file(long nr, const long *a, struct us_fd *f);
+ * written unlogged: how many of its first bytes are in the file already, not
+ * to be written again (promote.c) */
+size_t us_output_in_file(long nr, const long *a, struct us_fd *f);
 
 #endif
