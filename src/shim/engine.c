@@ -376,6 +376,14 @@ static int blobs_read(const struct us_event *ev, const struct us_span *sp, int n
 }
 
 /* Bookkeeping shared by record and replay, once the result is known. */
+/* An output call that hands the kernel bytes for the peer or the file (not
+ * an option or an epoll registration, also K_OUTPUT: they change state
+ * outside the process, but carry no data). */
+static inline int puts_bytes_out(long nr, const struct us_sysdesc *d)
+{
+    return d->kind == K_OUTPUT && nr != SYS_setsockopt && nr != SYS_epoll_ctl;
+}
+
 static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc *d,
                       const struct us_event *ev)
 {
@@ -384,7 +392,7 @@ static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc 
     case K_OUTPUT:
         if (nr == SYS_epoll_ctl)
             us_note_epoll_ctl(a, ret);
-        if (f && ret > 0 && nr != SYS_setsockopt && nr != SYS_epoll_ctl)
+        if (f && ret > 0 && puts_bytes_out(nr, d))
             f->written += ret;
         break;
     case K_CLOSE:
@@ -441,8 +449,7 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
         r = us_raw(nr, a);
     /* `understudy inject ... crash-in-write`: the bytes are out, the log
      * will never say so */
-    if (US_UNLIKELY(d->kind == K_OUTPUT && r > 0 && nr != SYS_setsockopt &&
-                    nr != SYS_epoll_ctl && us_take_injected(US_INJECT_CRASH_IN_WRITE)))
+    if (US_UNLIKELY(r > 0 && puts_bytes_out(nr, d) && us_take_injected(US_INJECT_CRASH_IN_WRITE)))
         US_SYSCALL2(SYS_kill, US_SYSCALL0(SYS_getpid), SIGKILL);
 
     if (!fv.n) {

@@ -104,9 +104,11 @@ static struct in_file {
 
 static void note_output_in_file(int fd, struct us_fd *f)
 {
+    if (fd > 2)
+        return;
     int64_t from = f->fpos >= 0 ? f->fpos : us_log_.hdr->stdio_pos[fd];
     int64_t to = us_file_write_pos(fd);
-    if (fd > 2 || from < 0 || to <= from)
+    if (from < 0 || to <= from)
         return;
     size_t len = (size_t)(to - from), got = 0;
     /* stdout is open for writing only: read it through a descriptor of our own */

@@ -643,9 +643,8 @@ static void check_divergences(struct us_supervisor *s)
     }
 }
 
-/* The fields of a /proc/.../stat file after the command's ")", in buf; NULL
- * if it cannot be read (the process or thread is gone). */
-static const char *stat_fields(const char *path, char *buf, size_t cap)
+/* A small /proc file, as a string in buf; NULL if it cannot be read. */
+static char *read_proc(const char *path, char *buf, size_t cap)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -655,6 +654,15 @@ static const char *stat_fields(const char *path, char *buf, size_t cap)
     if (n <= 0)
         return NULL;
     buf[n] = '\0';
+    return buf;
+}
+
+/* The fields of a /proc/.../stat file after the command's ")", in buf; NULL
+ * if it cannot be read (the process or thread is gone). */
+static const char *stat_fields(const char *path, char *buf, size_t cap)
+{
+    if (!read_proc(path, buf, cap))
+        return NULL;
     char *rp = strrchr(buf, ')');
     return rp && rp[1] == ' ' ? rp + 2 : NULL;
 }
@@ -674,7 +682,7 @@ static char proc_state(pid_t pid)
  * runnable now. */
 static struct us_cpu_use cpu_use(pid_t pid)
 {
-    struct us_cpu_use u = {0, 0, 0};
+    struct us_cpu_use u = {0, 0};
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
@@ -688,16 +696,9 @@ static struct us_cpu_use cpu_use(pid_t pid)
         const char *st = stat_fields(f, buf, sizeof(buf));
         u.runnable += st && st[0] == 'R';
         snprintf(f, sizeof(f), "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
-        int fd = open(f, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        unsigned long long run, wait;
-        if (n > 0 && (buf[n] = '\0', sscanf(buf, "%llu %llu", &run, &wait) == 2)) {
+        unsigned long long run; /* ns on a CPU, first of the three fields */
+        if (read_proc(f, buf, sizeof(buf)) && sscanf(buf, "%llu", &run) == 1)
             u.run_ns += run;
-            u.wait_ns += wait;
-        }
     }
     closedir(d);
     return u;

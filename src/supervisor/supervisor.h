@@ -28,7 +28,6 @@ struct us_run_options {
 /* What a process's threads got from the scheduler, summed (schedstat). */
 struct us_cpu_use {
     uint64_t run_ns;           /* on a CPU */
-    uint64_t wait_ns;          /* runnable, waiting for a CPU (counted when it gets one) */
     int runnable;              /* threads runnable now */
 };
 
