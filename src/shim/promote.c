@@ -95,7 +95,8 @@ static int ctl_recv(struct us_msg *m, int *fds)
  * written instead of being written again. The first write not found there
  * ends the check.
  */
-#define IN_FILE_MAX (1u << 20)
+#define IN_FILE_MAX (64u << 10) /* a stdio buffer or more per fd; kept small:
+                                     the shim lives in the program's address space */
 static uint8_t in_file_buf[IN_FILE_MAX]; /* what fds 0-2 hold past their last logged writes */
 static size_t in_file_used;
 static struct in_file {
