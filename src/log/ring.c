@@ -268,6 +268,21 @@ struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot)
     }
 }
 
+const struct us_event *us_ring_peek_ahead(const struct us_log *log, unsigned ring, unsigned slot,
+                                          unsigned n)
+{
+    const struct us_ring_ctl *c = &log->hdr->ring[ring];
+    uint64_t pos = c->consumer[slot].tail, head = __atomic_load_n(&c->head, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (pos == head || us_event_check(log, ring, pos, head) < 0)
+            return NULL;
+        const struct us_event *ev = us_ring_at(log, ring, pos);
+        if (ev->type != US_EV_PAD && n-- == 0)
+            return ev;
+        pos += ev->size;
+    }
+}
+
 /*
  * A backup spins briefly for the next event, then naps on the futex with a
  * timeout that grows while the log stays idle. The primary never pays for a

@@ -64,6 +64,10 @@ struct us_event *us_ring_next(struct us_log *log, unsigned ring, unsigned slot);
 /* Returned by us_ring_next/us_ring_peek for a record that fails us_event_check. */
 #define US_RING_CORRUPT ((struct us_event *)1)
 struct us_event *us_ring_peek(struct us_log *log, unsigned ring, unsigned slot);
+/* The n-th record after the next one (n = 0: the next), if published; NULL
+ * if not (or not sound). For reports: it does not wait. */
+const struct us_event *us_ring_peek_ahead(const struct us_log *log, unsigned ring, unsigned slot,
+                                          unsigned n);
 void us_ring_consume(struct us_log *log, unsigned ring, unsigned slot, const struct us_event *ev);
 
 /*

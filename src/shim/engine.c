@@ -488,40 +488,57 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
 }
 
 /* One line describing a logged event, for divergence reports. */
-static void describe(char *buf, size_t cap, uint16_t type, uint32_t nr, int32_t fd, int64_t ret,
-                     uint64_t check)
+static void seen(struct us_seen *out, const struct us_event *ev)
 {
-    switch (type) {
+    *out = (struct us_seen){.type = ev->type, .nr = ev->nr, .fd = ev->fd, .ret = ev->ret,
+                            .check = ev->check, .seq = ev->seq,
+                            .site = ev->type == US_EV_SYNC ? ev->site : 0};
+}
+
+static void describe(char *buf, size_t cap, const struct us_seen *e)
+{
+    switch (e->type) {
     case US_EV_SYSCALL:
-        us_fmt(buf, cap, "%s(%d) = %ld", us_sysname(nr), fd, (long)ret);
+        us_fmt(buf, cap, "%s(%d) = %ld", us_sysname(e->nr), e->fd, (long)e->ret);
         break;
     case US_EV_SYNC:
-        us_fmt(buf, cap, "sync op %d on object #%u (version %lu) = %ld", fd, nr,
-               (unsigned long)check, (long)ret);
+        us_fmt(buf, cap, "%s on object #%u (version %lu) = %ld from %p", us_sync_op_name(e->fd),
+               e->nr, (unsigned long)e->check, (long)e->ret, (void *)e->site);
         break;
     case US_EV_SIGNAL:
-        us_fmt(buf, cap, "signal %d", fd);
+        us_fmt(buf, cap, "signal %d", e->fd);
         break;
     case US_EV_THREAD:
-        us_fmt(buf, cap, "thread created (ring %d)", fd);
+        us_fmt(buf, cap, "thread created (ring %d)", e->fd);
         break;
     case US_EV_EXIT:
         us_fmt(buf, cap, "thread exit");
         break;
     default:
-        us_fmt(buf, cap, "event of type %u", type);
+        us_fmt(buf, cap, "event of type %u", e->type);
         break;
     }
 }
 
+/* The last records this thread replayed, then what the primary did after
+ * the one that did not match (the next, reported below): both sides. */
 static void say_recent(const struct us_thread *t)
 {
     char line[160];
     for (unsigned k = t->nrecent > 16 ? t->nrecent - 16 : 0; k < t->nrecent; k++) {
-        unsigned i = k % 16;
-        describe(line, sizeof(line), t->recent[i].type, t->recent[i].nr, t->recent[i].fd,
-                 t->recent[i].ret, t->recent[i].check);
-        us_say("  replayed event %lu: %s", (unsigned long)t->recent[i].seq, line);
+        const struct us_seen *e = &t->recent[k % 16];
+        describe(line, sizeof(line), e);
+        us_say("  replayed event %lu: %s", (unsigned long)e->seq, line);
+    }
+    for (unsigned n = 1; n <= 4; n++) {
+        const struct us_event *ev = us_ring_peek_ahead(&us_log_, t->ring, us_slot, n);
+        if (!ev)
+            break;
+        struct us_seen e;
+        seen(&e, ev);
+        describe(line, sizeof(line), &e);
+        us_say("  after the record below, the primary's log has event %lu: %s",
+               (unsigned long)e.seq, line);
     }
 }
 
@@ -540,8 +557,11 @@ static void divergence_text(char *buf, size_t cap, const struct us_thread *t,
                             const char *why)
 {
     char logged[160] = "nothing";
-    if (ev)
-        describe(logged, sizeof(logged), ev->type, ev->nr, ev->fd, ev->ret, ev->check);
+    if (ev) {
+        struct us_seen e;
+        seen(&e, ev);
+        describe(logged, sizeof(logged), &e);
+    }
     if (what)
         us_fmt(buf, cap, "divergence on thread %u at event %lu: the program made %s, but the "
                          "primary's log has %s",
@@ -720,13 +740,7 @@ struct us_event *us_expect(struct us_thread *t, long nr, const long *a, const st
 void us_consume(struct us_thread *t, struct us_event *ev)
 {
     t->sigs_after = ev->flags & US_EVF_SIGNALS_NEXT;
-    unsigned i = t->nrecent++ % 16;
-    t->recent[i].type = ev->type;
-    t->recent[i].check = ev->check;
-    t->recent[i].nr = ev->nr;
-    t->recent[i].fd = ev->fd;
-    t->recent[i].ret = ev->ret;
-    t->recent[i].seq = ev->seq;
+    seen(&t->recent[t->nrecent++ % 16], ev);
     us_ring_consume(&us_log_, t->ring, us_slot, ev);
 }
 

@@ -31,6 +31,15 @@
 enum us_mode { US_MODE_OFF = 0, US_MODE_RECORD = 1, US_MODE_REPLAY = 2 };
 
 /* One per logical thread; index = logical id = ring number. */
+/* An event as a divergence report shows it. */
+struct us_seen {
+    uint16_t type;
+    uint32_t nr;
+    int32_t fd;
+    int64_t ret;
+    uint64_t check, seq, site;
+};
+
 struct us_thread {
     unsigned ring;
     uint32_t id;           /* logical id: creation number (0: the main thread) */
@@ -41,13 +50,7 @@ struct us_thread {
     long (*start_fn)(void *); /* glibc's thread start, from the trapped clone3 */
     void *start_arg;
     int new_stack;         /* pthread_create under way: its stack's pool slot, or -1 */
-    struct {
-        uint16_t type;
-        uint32_t nr;
-        int32_t fd;
-        int64_t ret;
-        uint64_t check, seq;
-    } recent[16];          /* for divergence reports: the last events consumed */
+    struct us_seen recent[16]; /* for divergence reports: the last events consumed */
     unsigned nrecent;
     uint64_t sigs_after;   /* primary: signals to hand to the program as the
                               current call returns; backup: nonzero if the
@@ -155,6 +158,7 @@ void us_signals_crash(int sig);
 void us_sync_record(struct us_thread *t, int op, uint32_t id, const void *addr, uint32_t version,
                     long ret, uintptr_t site);
 struct us_event *us_sync_expect(struct us_thread *t, int op, uintptr_t site);
+const char *us_sync_op_name(int op);
 
 /* alloc.c: the program's malloc; its locks are held across a fork. */
 void us_alloc_fork_prepare(void);

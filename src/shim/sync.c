@@ -212,7 +212,7 @@ void us_sync_record(struct us_thread *t, int op, uint32_t id, const void *addr, 
     t->in_engine = 0;
 }
 
-static const char *op_name(int op)
+const char *us_sync_op_name(int op)
 {
     static const char *const names[] = {
         [US_SYNC_LOCK] = "a mutex lock", [US_SYNC_TRYLOCK] = "a mutex trylock",
@@ -232,7 +232,7 @@ US_NORETURN static void sync_diverged(struct us_thread *t, const struct us_event
                                       uintptr_t site, const char *why)
 {
     char what[160];
-    us_fmt(what, sizeof(what), "%s at %p: %s", op_name(op), (void *)site, why);
+    us_fmt(what, sizeof(what), "%s at %p: %s", us_sync_op_name(op), (void *)site, why);
     us_diverged_at(t, ev, what);
 }
 
@@ -242,7 +242,7 @@ static int sync_mismatch(struct us_thread *t, const struct us_event *ev, int op,
                          const char *why)
 {
     char what[160];
-    us_fmt(what, sizeof(what), "%s at %p: %s", op_name(op), (void *)site, why);
+    us_fmt(what, sizeof(what), "%s at %p: %s", us_sync_op_name(op), (void *)site, why);
     return us_vote_at(t, ev, what, ((uint64_t)op * 0x9E3779B97F4A7C15ull) ^ site);
 }
 

@@ -800,6 +800,26 @@ static void test_pad_written_and_skipped(void **state)
     assert_null(us_ring_peek(log, 0, 1));
 }
 
+/* Looking ahead (divergence reports): past pads, without consuming, and
+ * nothing beyond what is published. */
+static void test_peek_ahead_over_pad(void **state)
+{
+    struct fx *fx = *state;
+    struct us_log *log = &fx->log;
+    for (int i = 0; i < 8; i++)
+        publish_one(log, 0, 8000);
+    for (int i = 0; i < 7; i++)
+        us_ring_consume(log, 0, 1, us_ring_next(log, 0, 1));
+    struct us_event *wrapped = publish_one(log, 0, 2000); /* after a pad */
+    const struct us_event *e0 = us_ring_peek_ahead(log, 0, 1, 0);
+    assert_non_null(e0);
+    assert_int_equal(e0->seq, 8);
+    assert_ptr_equal(us_ring_peek_ahead(log, 0, 1, 1), wrapped);
+    assert_null(us_ring_peek_ahead(log, 0, 1, 2));
+    assert_int_equal(log->hdr->ring[0].consumer[1].seq, 7); /* nothing consumed */
+    assert_ptr_equal(us_ring_next(log, 0, 1), e0);
+}
+
 /* An 8-byte pad at the very end of a ring: no byte past the ring written. */
 static void test_tiny_pad_at_ring_end(void **state)
 {
@@ -1466,6 +1486,7 @@ int main(void)
         T(test_reserve_clean_header_publish_clears_pending),
         T(test_wrap_many_records_small_ring),
         T(test_pad_written_and_skipped),
+        T(test_peek_ahead_over_pad),
         T(test_tiny_pad_at_ring_end),
         T(test_max_payload_across_wraps),
         T(test_backpressure_ring_full),
