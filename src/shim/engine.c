@@ -14,10 +14,12 @@
 #include <linux/tcp.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -893,12 +895,75 @@ static __attribute__((noinline, cold, noreturn)) void injected_spin(void)
         __builtin_ia32_pause();
 }
 
+/*
+ * Before the shim attaches (constructors of the program's libraries run
+ * first: jemalloc starts its purge clock there) nothing can be logged, yet
+ * what that code reads must be alike in every replica, or a backup decides
+ * later from another start time. So time reads return the supervisor's
+ * clocks at the program's start (US_ENV_START), advancing 1 us per read so
+ * that a wait for time to pass still ends; CPU-time clocks count the reads
+ * alone. Without US_ENV_START (not started by understudy run): real time.
+ */
+static long time_before_attach(long nr, const long *a)
+{
+    static int known = -1;
+    static uint64_t mono_ns, real_ns, reads;
+    if (known < 0) {
+        const char *s = getenv(US_ENV_START);
+        uint64_t v[2] = {0, 0};
+        int n = 0;
+        for (; s && *s && n < 2; n++) {
+            while (*s >= '0' && *s <= '9')
+                v[n] = v[n] * 10 + (uint64_t)(*s++ - '0');
+            while (*s == ' ')
+                s++;
+        }
+        known = n == 2;
+        mono_ns = v[0];
+        real_ns = v[1];
+    }
+    if (!known)
+        return us_raw(nr, a);
+    uint64_t step = ++reads * 1000;
+    if (nr == SYS_time) {
+        long sec = (long)((real_ns + step) / 1000000000u);
+        if (a[0])
+            *(long *)a[0] = sec;
+        return sec;
+    }
+    if (nr == SYS_gettimeofday) {
+        if (a[0]) {
+            struct timeval *tv = (struct timeval *)a[0];
+            tv->tv_sec = (time_t)((real_ns + step) / 1000000000u);
+            tv->tv_usec = (suseconds_t)((real_ns + step) % 1000000000u / 1000u);
+        }
+        return 0;
+    }
+    long clk = a[0];
+    uint64_t ns = clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE || clk == CLOCK_TAI ||
+                          clk == CLOCK_REALTIME_ALARM
+                      ? real_ns + step
+                  : clk == CLOCK_PROCESS_CPUTIME_ID || clk == CLOCK_THREAD_CPUTIME_ID || clk < 0
+                      ? step
+                      : mono_ns + step;
+    if (a[1]) {
+        struct timespec *ts = (struct timespec *)a[1];
+        ts->tv_sec = (time_t)(ns / 1000000000u);
+        ts->tv_nsec = (long)(ns % 1000000000u);
+    }
+    return 0;
+}
+
 long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5)
 {
     struct us_thread *t = us_self;
     long a[6] = {a0, a1, a2, a3, a4, a5};
-    if (US_UNLIKELY(!t || t->mode == US_MODE_OFF || t->in_engine))
+    if (US_UNLIKELY(!t || t->mode == US_MODE_OFF || t->in_engine)) {
+        if (!t && !us_log_.hdr &&
+            (nr == SYS_clock_gettime || nr == SYS_gettimeofday || nr == SYS_time))
+            return time_before_attach(nr, a);
         return us_raw(nr, a);
+    }
     if (US_UNLIKELY(us_take_injected(US_INJECT_SPIN)))
         injected_spin();
     if (US_UNLIKELY(nr < 0 || nr >= US_NSYSCALLS))

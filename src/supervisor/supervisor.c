@@ -118,6 +118,7 @@ static void spawn_replica(struct us_supervisor *s, int slot, int role)
         setenv(US_ENV_CTL_FD, num, 1);
         snprintf(num, sizeof(num), "%d", slot);
         setenv(US_ENV_SLOT, num, 1);
+        setenv(US_ENV_START, s->start_clocks, 1);
         setenv("LD_PRELOAD", s->shim_path, 1);
         execvp(s->opt.argv[0], s->opt.argv);
         fprintf(stderr, "understudy: cannot run %s: %s\n", s->opt.argv[0], strerror(errno));
@@ -918,6 +919,12 @@ int us_run(struct us_run_options *opt)
     signal(SIGPIPE, SIG_IGN);
 
     s->primary = 0;
+    struct timespec mono, real;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &real);
+    snprintf(s->start_clocks, sizeof(s->start_clocks), "%llu %llu",
+             (unsigned long long)mono.tv_sec * 1000000000ull + (unsigned long long)mono.tv_nsec,
+             (unsigned long long)real.tv_sec * 1000000000ull + (unsigned long long)real.tv_nsec);
     for (int i = 0; i < opt->replicas; i++)
         spawn_replica(s, i, i == 0 ? US_ROLE_PRIMARY : US_ROLE_BACKUP);
     /* The keeper pid is published by the primary's shim when it attaches. */

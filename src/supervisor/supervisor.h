@@ -56,6 +56,7 @@ struct us_spin_sample {
 
 struct us_supervisor {
     struct us_run_options opt;
+    char start_clocks[48];     /* US_ENV_START, the same for every replica */
     struct us_log log;
     int memfd;
     int primary;               /* slot */
