@@ -705,6 +705,18 @@ static struct us_cpu_use cpu_use(pid_t pid)
     return u;
 }
 
+/* The primary waits, now, for a backup to catch up (room in a ring, or the
+ * lag bound). */
+static int primary_held_back(const struct us_supervisor *s)
+{
+    for (unsigned r = 0; r < US_MAX_THREADS; r++) {
+        const struct us_ring_ctl *c = &s->log.hdr->ring[r];
+        if (c->in_use && __atomic_load_n(&c->producer_waiting, __ATOMIC_ACQUIRE))
+            return 1;
+    }
+    return 0;
+}
+
 /* A backup that runs but replays nothing while the log holds events for it
  * is as hung as a stopped one, and holds the primary back (back-pressure):
  * past --hang-timeout it is retired. Both must hold: no event replayed and
@@ -730,11 +742,19 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
         us_backup_lag_ms(s, b) <= (uint64_t)s->opt.hang_timeout_ms)
         return;
     /* Starved (runnable, but the CPUs went to others) or stuck (asleep, or
-     * spinning on its own): said, for whoever must fix it; retired either
-     * way, since it holds the primary back (back-pressure). */
+     * spinning on its own): said, for whoever must fix it. Stuck, it is
+     * retired; starved, only if the primary waits for it (back-pressure) as
+     * the window ends: otherwise (a primary idle, or itself hung and taking a
+     * CPU) it costs nothing, and a new window begins. */
     struct us_cpu_use u = cpu_use(p->pid);
     long ran_ms = (long)((u.run_ns - p->cpu_at.run_ns) / 1000000);
     long window = now - p->replayed_at_ms;
+    int starved = u.runnable && ran_ms < window / 10;
+    if (starved && !primary_held_back(s)) {
+        p->replayed_at_ms = now;
+        p->cpu_at = u;
+        return;
+    }
     char why[512];
     int n = snprintf(why, sizeof(why), "it has replayed nothing for longer than --hang-timeout "
                                        "though the log holds events for it (threads");
@@ -744,7 +764,7 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
             n += snprintf(why + n, sizeof(why) - (size_t)n, " %u at event %lu of %lu", r,
                           (unsigned long)c->consumer[b].seq, (unsigned long)c->head_seq);
     }
-    if (u.runnable && ran_ms < window / 10)
+    if (starved)
         snprintf(why + n, sizeof(why) - (size_t)n, "): starved, it was ready to run but got %ld "
                  "ms of CPU in %ld ms (the machine is overloaded); the primary goes on without "
                  "it", ran_ms, window);
