@@ -489,7 +489,7 @@ long us_record(struct us_thread *t, long nr, long *a, const struct us_sysdesc *d
     return r;
 }
 
-/* One line describing a logged event, for divergence reports. */
+/* A logged event as a divergence report shows it. */
 static void seen(struct us_seen *out, const struct us_event *ev)
 {
     *out = (struct us_seen){.type = ev->type, .nr = ev->nr, .fd = ev->fd, .ret = ev->ret,
@@ -497,6 +497,7 @@ static void seen(struct us_seen *out, const struct us_event *ev)
                             .site = ev->type == US_EV_SYNC ? ev->site : 0};
 }
 
+/* One line describing it. */
 static void describe(char *buf, size_t cap, const struct us_seen *e)
 {
     switch (e->type) {
@@ -924,7 +925,7 @@ static long time_before_attach(long nr, const long *a)
     }
     if (!known)
         return us_raw(nr, a);
-    uint64_t step = ++reads * 1000;
+    uint64_t step = __atomic_add_fetch(&reads, 1, __ATOMIC_RELAXED) * 1000;
     if (nr == SYS_time) {
         long sec = (long)((real_ns + step) / 1000000000u);
         if (a[0])
