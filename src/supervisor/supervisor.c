@@ -468,6 +468,12 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
         s->log.hdr->failovers++;
         s->log.hdr->epoch++;
         s->last_failover_ms = us_now_ms() - t0;
+        /* Whatever starved the other backups may have been the old primary
+         * (hung, spinning on a CPU): their stuck windows begin again. */
+        for (int i = 0; i < s->opt.replicas; i++) {
+            s->rep[i].replayed_at_ms = us_now_ms();
+            s->rep[i].cpu_at.run_ns = 0;
+        }
         us_say_sup(s, "primary (pid %d) %s; backup pid %d took over with %d fds in %ld ms",
                    (int)op->pid, why, (int)s->rep[b].pid, n, s->last_failover_ms);
         return 0;
@@ -744,8 +750,10 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
     /* Starved (runnable, but the CPUs went to others) or stuck (asleep, or
      * spinning on its own): said, for whoever must fix it. Stuck, it is
      * retired; starved, only if the primary waits for it (back-pressure) as
-     * the window ends: otherwise (a primary idle, or itself hung and taking a
-     * CPU) it costs nothing, and a new window begins. */
+     * the window ends, and after twice the window, so that a primary thread
+     * hung spinning on its CPU (which starves it) is found first: otherwise
+     * (a primary idle, or itself hung) it costs nothing, and a new window
+     * begins. */
     struct us_cpu_use u = cpu_use(p->pid);
     long ran_ms = (long)((u.run_ns - p->cpu_at.run_ns) / 1000000);
     long window = now - p->replayed_at_ms;
@@ -755,6 +763,8 @@ static void check_stuck(struct us_supervisor *s, int b, long now)
         p->cpu_at = u;
         return;
     }
+    if (starved && window <= 2 * s->opt.hang_timeout_ms)
+        return;
     char why[512];
     int n = snprintf(why, sizeof(why), "it has replayed nothing for longer than --hang-timeout "
                                        "though the log holds events for it (threads");
