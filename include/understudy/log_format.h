@@ -271,8 +271,9 @@ _Static_assert(sizeof(struct us_log_header) <= US_LOG_HEADER_SIZE, "header fits"
 #define US_ENV_LOG_FD "UNDERSTUDY_LOG_FD"   /* memfd of the log */
 #define US_ENV_CTL_FD "UNDERSTUDY_CTL_FD"   /* socketpair end to the supervisor */
 #define US_ENV_SLOT "UNDERSTUDY_SLOT"       /* replica slot number */
-#define US_ENV_START "UNDERSTUDY_START"     /* "MONO_NS REAL_NS": the supervisor's
-                                               clocks as it started the program,
-                                               the same for every replica */
+/* The supervisor's clocks (ns) as it started the program, the same for
+ * every replica: time read before the shim attaches (engine.c). */
+#define US_ENV_START_MONO "UNDERSTUDY_START_MONO"
+#define US_ENV_START_REAL "UNDERSTUDY_START_REAL"
 
 #endif

@@ -377,7 +377,6 @@ static int blobs_read(const struct us_event *ev, const struct us_span *sp, int n
     return p == end ? 0 : -1;
 }
 
-/* Bookkeeping shared by record and replay, once the result is known. */
 /* An output call that hands the kernel bytes for the peer or the file (not
  * an option or an epoll registration, also K_OUTPUT: they change state
  * outside the process, but carry no data). */
@@ -386,6 +385,7 @@ static inline int puts_bytes_out(long nr, const struct us_sysdesc *d)
     return d->kind == K_OUTPUT && nr != SYS_setsockopt && nr != SYS_epoll_ctl;
 }
 
+/* Bookkeeping shared by record and replay, once the result is known. */
 static void track_fds(long nr, const long *a, long ret, const struct us_sysdesc *d,
                       const struct us_event *ev)
 {
@@ -901,57 +901,39 @@ static __attribute__((noinline, cold, noreturn)) void injected_spin(void)
  * first: jemalloc starts its purge clock there) nothing can be logged, yet
  * what that code reads must be alike in every replica, or a backup decides
  * later from another start time. So time reads return the supervisor's
- * clocks at the program's start (US_ENV_START), advancing 1 us per read so
+ * clocks at the program's start (US_ENV_START_*), advancing 1 us per read so
  * that a wait for time to pass still ends; CPU-time clocks count the reads
- * alone. Without US_ENV_START (not started by understudy run): real time.
+ * alone. Without them (not started by understudy run): real time.
  */
 static long time_before_attach(long nr, const long *a)
 {
-    static int known = -1;
-    static uint64_t mono_ns, real_ns, reads;
-    if (known < 0) {
-        const char *s = getenv(US_ENV_START);
-        uint64_t v[2] = {0, 0};
-        int n = 0;
-        for (; s && *s && n < 2; n++) {
-            while (*s >= '0' && *s <= '9')
-                v[n] = v[n] * 10 + (uint64_t)(*s++ - '0');
-            while (*s == ' ')
-                s++;
-        }
-        known = n == 2;
-        mono_ns = v[0];
-        real_ns = v[1];
+    static long mono_ns = -2, real_ns = -2;
+    static uint64_t reads;
+    if (mono_ns == -2) {
+        mono_ns = us_env_number(US_ENV_START_MONO);
+        real_ns = us_env_number(US_ENV_START_REAL);
     }
-    if (!known)
+    if (mono_ns < 0 || real_ns < 0)
         return us_raw(nr, a);
     uint64_t step = __atomic_add_fetch(&reads, 1, __ATOMIC_RELAXED) * 1000;
-    if (nr == SYS_time) {
-        long sec = (long)((real_ns + step) / 1000000000u);
-        if (a[0])
-            *(long *)a[0] = sec;
-        return sec;
-    }
-    if (nr == SYS_gettimeofday) {
-        if (a[0]) {
-            struct timeval *tv = (struct timeval *)a[0];
-            tv->tv_sec = (time_t)((real_ns + step) / 1000000000u);
-            tv->tv_usec = (suseconds_t)((real_ns + step) % 1000000000u / 1000u);
-        }
-        return 0;
-    }
-    long clk = a[0];
+    long clk = nr == SYS_clock_gettime ? a[0] : CLOCK_REALTIME;
     uint64_t ns = clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE || clk == CLOCK_TAI ||
                           clk == CLOCK_REALTIME_ALARM
-                      ? real_ns + step
+                      ? (uint64_t)real_ns + step
                   : clk == CLOCK_PROCESS_CPUTIME_ID || clk == CLOCK_THREAD_CPUTIME_ID || clk < 0
                       ? step
-                      : mono_ns + step;
-    if (a[1]) {
-        struct timespec *ts = (struct timespec *)a[1];
-        ts->tv_sec = (time_t)(ns / 1000000000u);
-        ts->tv_nsec = (long)(ns % 1000000000u);
+                      : (uint64_t)mono_ns + step;
+    time_t sec = (time_t)(ns / 1000000000u);
+    long sub_ns = (long)(ns % 1000000000u);
+    if (nr == SYS_time) {
+        if (a[0])
+            *(time_t *)a[0] = sec;
+        return (long)sec;
     }
+    if (nr == SYS_gettimeofday && a[0])
+        *(struct timeval *)a[0] = (struct timeval){sec, (suseconds_t)(sub_ns / 1000)};
+    if (nr == SYS_clock_gettime && a[1])
+        *(struct timespec *)a[1] = (struct timespec){sec, sub_ns};
     return 0;
 }
 

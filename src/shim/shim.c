@@ -30,7 +30,7 @@ struct us_thread us_threads[US_MAX_THREADS];
 struct us_fd us_fds[US_MAX_FDS];
 __thread struct us_thread *us_self __attribute__((tls_model("initial-exec")));
 
-static long env_number(const char *name)
+long us_env_number(const char *name)
 {
     const char *s = getenv(name);
     long v = 0;
@@ -88,9 +88,9 @@ void us_thread_attach(struct us_thread *t)
 
 __attribute__((constructor(101))) static void us_init(void)
 {
-    long log_fd = env_number(US_ENV_LOG_FD);
-    long ctl_fd = env_number(US_ENV_CTL_FD);
-    long slot = env_number(US_ENV_SLOT);
+    long log_fd = us_env_number(US_ENV_LOG_FD);
+    long ctl_fd = us_env_number(US_ENV_CTL_FD);
+    long slot = us_env_number(US_ENV_SLOT);
     if (log_fd < 0 || ctl_fd < 0 || slot < 0)
         return; /* not started by understudy run: stay out of the way */
     if (slot >= US_MAX_REPLICAS)

@@ -30,7 +30,6 @@
 
 enum us_mode { US_MODE_OFF = 0, US_MODE_RECORD = 1, US_MODE_REPLAY = 2 };
 
-/* One per logical thread; index = logical id = ring number. */
 /* An event as a divergence report shows it. */
 struct us_seen {
     uint16_t type;
@@ -40,6 +39,7 @@ struct us_seen {
     uint64_t check, seq, site;
 };
 
+/* One per logical thread; index = logical id = ring number. */
 struct us_thread {
     unsigned ring;
     uint32_t id;           /* logical id: creation number (0: the main thread) */
@@ -118,6 +118,9 @@ size_t us_fmt(char *buf, size_t cap, const char *fmt, ...) __attribute__((format
 size_t us_vfmt(char *buf, size_t cap, const char *fmt, va_list ap);
 void us_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 US_NORETURN void us_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* shim.c: a decimal number from the environment; -1 if unset (fatal if bad). */
+long us_env_number(const char *name);
 
 /* engine.c */
 long us_syscall(long nr, long a0, long a1, long a2, long a3, long a4, long a5);

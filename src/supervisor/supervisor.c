@@ -118,7 +118,8 @@ static void spawn_replica(struct us_supervisor *s, int slot, int role)
         setenv(US_ENV_CTL_FD, num, 1);
         snprintf(num, sizeof(num), "%d", slot);
         setenv(US_ENV_SLOT, num, 1);
-        setenv(US_ENV_START, s->start_clocks, 1);
+        setenv(US_ENV_START_MONO, s->start_mono, 1);
+        setenv(US_ENV_START_REAL, s->start_real, 1);
         setenv("LD_PRELOAD", s->shim_path, 1);
         execvp(s->opt.argv[0], s->opt.argv);
         fprintf(stderr, "understudy: cannot run %s: %s\n", s->opt.argv[0], strerror(errno));
@@ -470,8 +471,9 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
         s->last_failover_ms = us_now_ms() - t0;
         /* Whatever starved the other backups may have been the old primary
          * (hung, spinning on a CPU): their stuck windows begin again. */
+        long now = us_now_ms();
         for (int i = 0; i < s->opt.replicas; i++) {
-            s->rep[i].replayed_at_ms = us_now_ms();
+            s->rep[i].replayed_at_ms = now;
             s->rep[i].cpu_at.run_ns = 0;
         }
         us_say_sup(s, "primary (pid %d) %s; backup pid %d took over with %d fds in %ld ms",
@@ -952,8 +954,9 @@ int us_run(struct us_run_options *opt)
     struct timespec mono, real;
     clock_gettime(CLOCK_MONOTONIC, &mono);
     clock_gettime(CLOCK_REALTIME, &real);
-    snprintf(s->start_clocks, sizeof(s->start_clocks), "%llu %llu",
-             (unsigned long long)mono.tv_sec * 1000000000ull + (unsigned long long)mono.tv_nsec,
+    snprintf(s->start_mono, sizeof(s->start_mono), "%llu",
+             (unsigned long long)mono.tv_sec * 1000000000ull + (unsigned long long)mono.tv_nsec);
+    snprintf(s->start_real, sizeof(s->start_real), "%llu",
              (unsigned long long)real.tv_sec * 1000000000ull + (unsigned long long)real.tv_nsec);
     for (int i = 0; i < opt->replicas; i++)
         spawn_replica(s, i, i == 0 ? US_ROLE_PRIMARY : US_ROLE_BACKUP);

@@ -56,7 +56,7 @@ struct us_spin_sample {
 
 struct us_supervisor {
     struct us_run_options opt;
-    char start_clocks[48];     /* US_ENV_START, the same for every replica */
+    char start_mono[24], start_real[24]; /* US_ENV_START_*, alike for every replica */
     struct us_log log;
     int memfd;
     int primary;               /* slot */
