@@ -163,6 +163,16 @@ void us_sync_record(struct us_thread *t, int op, uint32_t id, const void *addr, 
 struct us_event *us_sync_expect(struct us_thread *t, int op, uintptr_t site);
 const char *us_sync_op_name(int op);
 
+/* empty_section.c: whether the lock of `mutex` called from `site` opens a
+ * critical section with nothing in it (the code at site passes the same
+ * mutex to pthread_mutex_unlock straight away): such a lock is not ordered.
+ * `saved` holds the caller's callee-saved registers (lock_entry.S). */
+struct us_callee_saved {
+    uint64_t r15, r14, r13, r12, rbp, rbx;
+};
+int us_empty_section(uintptr_t site, const void *mutex, const struct us_callee_saved *saved,
+                     const void *unlock);
+
 /* alloc.c: the program's malloc; its locks are held across a fork. */
 void us_alloc_fork_prepare(void);
 void us_alloc_fork_done(void);

@@ -358,9 +358,44 @@ static int do_mutex_clocklock(void *m, const void *clk, const void *ts)
     return real.mutex_clocklock(m, *(const clockid_t *)clk, ts);
 }
 
-US_EXPORT int pthread_mutex_lock(pthread_mutex_t *m)
+/*
+ * An empty critical section's lock (empty_section.c): taken for real, not
+ * ordered. A backup thread blocked here by a thread that stopped replaying at
+ * a cut (us_replay_cut) and waits for every thread to park, parks too: it
+ * has done nothing unlogged since its last call.
+ */
+static int lock_unordered(struct us_thread *t, pthread_mutex_t *m)
 {
-    return ACQ(A_MUTEX, US_SYNC_LOCK, m, do_mutex_lock, 0, 0);
+    if (t->mode != US_MODE_REPLAY)
+        return real.mutex_lock(m);
+    for (;;) {
+        int r = real.mutex_trylock(m);
+        if (r != EBUSY)
+            return r;
+        if (__atomic_load_n(&us_replay_cut, __ATOMIC_ACQUIRE)) {
+            us_promote(t);
+            return real.mutex_lock(m);
+        }
+        struct timespec ts;
+        US_SYSCALL2(SYS_clock_gettime, CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        r = real.mutex_timedlock(m, &ts);
+        if (r != ETIMEDOUT)
+            return r;
+    }
+}
+
+/* pthread_mutex_lock, from its entry stub (lock_entry.S). */
+int us_mutex_lock_from(pthread_mutex_t *m, const struct us_callee_saved *saved, uintptr_t site)
+{
+    struct us_thread *t = tracked();
+    if (t && us_empty_section(site, m, saved, (const void *)real.mutex_unlock))
+        return lock_unordered(t, m);
+    return acquire(&(struct acquire){A_MUTEX, US_SYNC_LOCK, m, do_mutex_lock, 0, 0}, site);
 }
 US_EXPORT int pthread_mutex_trylock(pthread_mutex_t *m)
 {

@@ -1,0 +1,191 @@
+/*
+ * test_empty_section.c - which lock call sites open an empty critical
+ * section (src/shim/empty_section.c).
+ *
+ * The decoder only reads code bytes, so each case is machine code written
+ * into a buffer: the bytes after the lock call, a PLT stub and the GOT slot
+ * it jumps through, as a linker lays them out. Each case has a buffer of its
+ * own (static): the decoder remembers sites it found not to be empty.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "shim.h"
+
+static int fake_unlock_fn, other_fn; /* stand-ins: only their addresses count */
+#define UNLOCK ((const void *)&fake_unlock_fn)
+#define OTHER ((const void *)&other_fn)
+
+enum { SITE = 0, PLT = 64, GOT = 128 };
+
+struct code {
+    uint8_t b[192] __attribute__((aligned(16)));
+    size_t n; /* bytes written at the site */
+};
+
+static void emit(struct code *c, const void *bytes, size_t len)
+{
+    memcpy(c->b + SITE + c->n, bytes, len);
+    c->n += len;
+}
+
+static void emit_rel32(struct code *c, uint8_t op, size_t target)
+{
+    int32_t rel = (int32_t)((intptr_t)target - (intptr_t)(SITE + c->n + 5));
+    c->b[SITE + c->n] = op;
+    memcpy(c->b + SITE + c->n + 1, &rel, 4);
+    c->n += 5;
+}
+
+/* A PLT stub at PLT (jmp *GOT(%rip), after an endbr64 and bnd if ibt), its
+ * slot holding `callee`. */
+static void plt(struct code *c, const void *callee, int ibt)
+{
+    size_t at = PLT;
+    if (ibt) {
+        memcpy(c->b + at, "\xf3\x0f\x1e\xfa\xf2", 5);
+        at += 5;
+    }
+    int32_t disp = (int32_t)(GOT - (at + 6));
+    c->b[at] = 0xff;
+    c->b[at + 1] = 0x25;
+    memcpy(c->b + at + 2, &disp, 4);
+    memcpy(c->b + GOT, &callee, sizeof(callee));
+}
+
+static int empty(struct code *c, const void *mutex, const struct us_callee_saved *regs)
+{
+    return us_empty_section((uintptr_t)(c->b + SITE), mutex, regs, UNLOCK);
+}
+
+static char mutex[40];
+
+static void test_mov_from_callee_saved(void **state)
+{
+    (void)state;
+    static struct code c;
+    struct us_callee_saved regs = {.r15 = (uintptr_t)mutex};
+    emit(&c, "\x4c\x89\xff", 3); /* mov %r15,%rdi (Redis's IOThreadMain) */
+    emit_rel32(&c, 0xe8, PLT);   /* call pthread_mutex_unlock@plt */
+    plt(&c, UNLOCK, 0);
+    assert_true(empty(&c, mutex, &regs));
+    regs.r15 = (uintptr_t)mutex + 8; /* the unlock would release another mutex */
+    assert_false(empty(&c, mutex, &regs));
+
+    static struct code d;
+    struct us_callee_saved rbx = {.rbx = (uintptr_t)mutex};
+    emit(&d, "\x48\x8b\xfb", 3); /* mov %rbx,%rdi, the 8b form */
+    emit_rel32(&d, 0xe8, PLT);
+    plt(&d, UNLOCK, 0);
+    assert_true(empty(&d, mutex, &rbx));
+}
+
+static void test_lea_forms(void **state)
+{
+    (void)state;
+    static struct code c;
+    struct us_callee_saved regs = {0};
+    int32_t disp = (int32_t)((intptr_t)mutex - (intptr_t)(c.b + SITE + 7));
+    emit(&c, "\x48\x8d\x3d", 3); /* lea disp(%rip),%rdi: a global mutex */
+    emit(&c, &disp, 4);
+    emit_rel32(&c, 0xe8, PLT);
+    plt(&c, UNLOCK, 0);
+    assert_true(empty(&c, mutex, &regs));
+
+    static struct code d;
+    struct us_callee_saved r12 = {.r12 = (uintptr_t)mutex - 0x10};
+    emit(&d, "\x49\x8d\x7c\x24\x10", 5); /* lea 0x10(%r12),%rdi: a mutex in a struct */
+    emit_rel32(&d, 0xe8, PLT);
+    plt(&d, UNLOCK, 0);
+    assert_true(empty(&d, mutex, &r12));
+}
+
+static void test_not_empty(void **state)
+{
+    (void)state;
+    struct us_callee_saved regs = {.r15 = (uintptr_t)mutex, .rbx = (uintptr_t)mutex};
+
+    static struct code c;
+    emit(&c, "\x48\x89\xc7", 3); /* mov %rax,%rdi: rax did not survive the lock call */
+    emit_rel32(&c, 0xe8, PLT);
+    plt(&c, UNLOCK, 0);
+    assert_false(empty(&c, mutex, &regs));
+
+    static struct code d;
+    emit(&d, "\x4c\x89\xff", 3);
+    emit(&d, "\xc6\x05\x00\x10\x00\x00\x01", 7); /* movb $1,x(%rip): a store inside */
+    emit_rel32(&d, 0xe8, PLT);
+    plt(&d, UNLOCK, 0);
+    assert_false(empty(&d, mutex, &regs));
+
+    static struct code e;
+    emit(&e, "\x4c\x89\xff", 3);
+    emit_rel32(&e, 0xe8, PLT);
+    plt(&e, OTHER, 0); /* some other function of the same shape */
+    assert_false(empty(&e, mutex, &regs));
+
+    static struct code f;
+    emit(&f, "\x4c\x89\xff", 3);
+    emit_rel32(&f, 0xe8, PLT); /* a call straight to code that is no PLT stub */
+    memcpy(f.b + PLT, "\x55\x48\x89\xe5", 4); /* push %rbp; mov %rsp,%rbp */
+    assert_false(empty(&f, mutex, &regs));
+    assert_false(empty(&f, mutex, &regs)); /* again, from the cache */
+}
+
+static void test_lazy_binding_resolves_later(void **state)
+{
+    (void)state;
+    struct us_callee_saved regs = {.r13 = (uintptr_t)mutex};
+    static struct code c;
+    emit(&c, "\x4c\x89\xef", 3); /* mov %r13,%rdi */
+    emit_rel32(&c, 0xe8, PLT);
+    plt(&c, c.b + PLT + 6, 0); /* unbound: the slot points back into the stub */
+    assert_false(empty(&c, mutex, &regs));
+    const void *bound = UNLOCK;
+    memcpy(c.b + GOT, &bound, sizeof(bound)); /* the dynamic linker bound it */
+    assert_true(empty(&c, mutex, &regs));
+}
+
+static void test_call_and_jump_forms(void **state)
+{
+    (void)state;
+    struct us_callee_saved regs = {.rbp = (uintptr_t)mutex};
+
+    static struct code c; /* endbr64 + bnd jmp in the PLT (-z ibtplt) */
+    emit(&c, "\x48\x89\xef", 3); /* mov %rbp,%rdi */
+    emit_rel32(&c, 0xe8, PLT);
+    plt(&c, UNLOCK, 1);
+    assert_true(empty(&c, mutex, &regs));
+
+    static struct code d; /* a tail call: jmp pthread_mutex_unlock@plt */
+    emit(&d, "\x48\x89\xef", 3);
+    emit_rel32(&d, 0xe9, PLT);
+    plt(&d, UNLOCK, 0);
+    assert_true(empty(&d, mutex, &regs));
+
+    static struct code e; /* -fno-plt: call *slot(%rip) */
+    emit(&e, "\x48\x89\xef", 3);
+    int32_t disp = (int32_t)(GOT - (SITE + e.n + 6));
+    emit(&e, "\xff\x15", 2);
+    emit(&e, &disp, 4);
+    const void *u = UNLOCK;
+    memcpy(e.b + GOT, &u, sizeof(u));
+    assert_true(empty(&e, mutex, &regs));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mov_from_callee_saved),
+        cmocka_unit_test(test_lea_forms),
+        cmocka_unit_test(test_not_empty),
+        cmocka_unit_test(test_lazy_binding_resolves_later),
+        cmocka_unit_test(test_call_and_jump_forms),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
