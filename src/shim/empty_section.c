@@ -12,28 +12,36 @@
  *
  * A section is empty when the instruction right after the lock call puts the
  * same mutex in the first argument register and the next one calls
- * pthread_mutex_unlock, as compilers emit `lock(m); unlock(m);`. The mutex is
+ * pthread_mutex_unlock, as compilers emit `lock(m); unlock(m);` (or jumps to
+ * it after popping saved registers: a function that ends that way). The mutex is
  * checked, not assumed: a callee-saved register the caller passes it from is
  * read from the caller's registers as they were at the lock call (the entry
  * stub, lock_entry.S, hands them over), a rip-relative address is computed.
- * The callee is read from the caller's GOT, directly or through its PLT stub:
- * with lazy binding, a site whose unlock is not bound yet is not an empty
- * section until it is, the same in every replica.
+ * The callee is read from the caller's GOT slot, directly or through its PLT
+ * stub. A slot not bound yet (lazy binding: it points back into its own
+ * module's PLT) is named by the module's relocations instead, so that the
+ * decision never depends on whether some thread happened to call
+ * pthread_mutex_unlock through that PLT already (which differs between
+ * replicas).
  *
  * The code bytes read are the caller's own, right after a call that returns
  * there, and what its PLT stub and GOT slot address: all mapped.
  */
+#include <dlfcn.h>
+#include <link.h>
 #include <string.h>
 
 #include "shim.h"
 
-/* Sites known not to be empty sections, by hash of the return address. */
-#define NOT_EMPTY_SLOTS 1024u
-static uintptr_t not_empty[NOT_EMPTY_SLOTS];
+/* Sites known not to be empty sections, and sites known to be in the empty
+ * form calling pthread_mutex_unlock (the mutex is still compared every
+ * time), by hash of the return address. */
+#define SITE_SLOTS 1024u
+static uintptr_t not_empty[SITE_SLOTS], calls_unlock[SITE_SLOTS];
 
 static unsigned slot_of(uintptr_t site)
 {
-    return (unsigned)((site * 0x9E3779B97F4A7C15ull) >> 54) & (NOT_EMPTY_SLOTS - 1);
+    return (unsigned)((site * 0x9E3779B97F4A7C15ull) >> 54) & (SITE_SLOTS - 1);
 }
 
 static int32_t rel32(const uint8_t *p)
@@ -108,11 +116,32 @@ static const void *const *plt_slot(const uint8_t *p)
     return (const void *const *)(p + 6 + rel32(p + 2));
 }
 
+/* The length of a function's epilogue at p that leaves %rdi and shared
+ * memory alone, up to a tail jump: pops of registers other than %rdi (they
+ * read the thread's own stack) and `add $imm8,%rsp`. */
+static unsigned epilogue(const uint8_t *p)
+{
+    unsigned n = 0;
+    for (int k = 0; k < 8; k++) {
+        if (p[n] >= 0x58 && p[n] < 0x5f && p[n] != 0x5c)
+            n += 1; /* pop of a register but %rsp and %rdi */
+        else if (p[n] == 0x41 && p[n + 1] >= 0x58 && p[n + 1] <= 0x5f)
+            n += 2; /* pop %r8..%r15 */
+        else if (p[n] == 0x48 && p[n + 1] == 0x83 && p[n + 2] == 0xc4)
+            n += 4; /* add $imm8,%rsp */
+        else
+            break;
+    }
+    int tail_jump = p[n] == 0xe9 || (p[n] == 0xff && p[n + 1] == 0x25);
+    return tail_jump ? n : 0;
+}
+
 /* Where the call or jump at p goes through a GOT slot: the slot, or NULL if
  * p is no call or jump of a form we know. *direct: a call straight to code. */
 static const void *const *call_slot(const uint8_t *p, const uint8_t **direct)
 {
     *direct = NULL;
+    p += epilogue(p); /* a tail call: lock(m); return unlock(m); */
     if (p[0] == 0xe8 || p[0] == 0xe9) { /* call/jmp rel32, to a PLT stub or the function */
         *direct = p + 5 + rel32(p + 1);
         return plt_slot(*direct);
@@ -120,6 +149,86 @@ static const void *const *call_slot(const uint8_t *p, const uint8_t **direct)
     if (p[0] == 0xff && (p[1] == 0x15 || p[1] == 0x25)) /* call/jmp *slot(%rip) (-fno-plt) */
         return (const void *const *)(p + 6 + rel32(p + 2));
     return NULL;
+}
+
+/* What a lazily bound GOT slot will be bound to, from the relocations of
+ * the module that holds it (dl_iterate_phdr). */
+struct slot_query {
+    uintptr_t slot, value;
+    int unbound; /* the slot's value points into its own module */
+    const char *name;
+};
+
+static int in_module(const struct dl_phdr_info *info, uintptr_t a)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && a >= lo && a - lo < ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
+static const char *reloc_name(const ElfW(Rela) *r, size_t bytes, uintptr_t offset,
+                              const ElfW(Sym) *symtab, const char *strtab)
+{
+    for (size_t i = 0; r && i < bytes / sizeof(*r); i++)
+        if (r[i].r_offset == offset && ELF64_R_SYM(r[i].r_info))
+            return strtab + symtab[ELF64_R_SYM(r[i].r_info)].st_name;
+    return NULL;
+}
+
+static int name_slot(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct slot_query *q = data;
+    if (!in_module(info, q->slot))
+        return 0;
+    q->unbound = in_module(info, q->value);
+    const ElfW(Dyn) *dyn = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+            dyn = (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+    if (!q->unbound || !dyn)
+        return 1;
+    /* glibc relocates these in place; an offset below the base is not yet */
+#define AT(v) ((v) < info->dlpi_addr ? (v) + info->dlpi_addr : (v))
+    uintptr_t jmprel = 0, pltrelsz = 0, rela = 0, relasz = 0, symtab = 0, strtab = 0;
+    for (; dyn->d_tag != DT_NULL; dyn++) {
+        switch (dyn->d_tag) {
+        case DT_JMPREL: jmprel = AT(dyn->d_un.d_ptr); break;
+        case DT_PLTRELSZ: pltrelsz = dyn->d_un.d_val; break;
+        case DT_RELA: rela = AT(dyn->d_un.d_ptr); break;
+        case DT_RELASZ: relasz = dyn->d_un.d_val; break;
+        case DT_SYMTAB: symtab = AT(dyn->d_un.d_ptr); break;
+        case DT_STRTAB: strtab = AT(dyn->d_un.d_ptr); break;
+        }
+    }
+#undef AT
+    if (!symtab || !strtab)
+        return 1;
+    uintptr_t offset = q->slot - info->dlpi_addr;
+    q->name = reloc_name((const ElfW(Rela) *)jmprel, pltrelsz, offset,
+                         (const ElfW(Sym) *)symtab, (const char *)strtab);
+    if (!q->name)
+        q->name = reloc_name((const ElfW(Rela) *)rela, relasz, offset,
+                             (const ElfW(Sym) *)symtab, (const char *)strtab);
+    return 1;
+}
+
+/* Whether the GOT slot is, or will be once bound, pthread_mutex_unlock's. */
+static int slot_is_unlock(const void *const *got, const void *unlock)
+{
+    const void *v = __atomic_load_n(got, __ATOMIC_RELAXED);
+    if (v == unlock)
+        return 1;
+    struct slot_query q = {(uintptr_t)got, (uintptr_t)v, 0, NULL};
+    dl_iterate_phdr(name_slot, &q);
+    /* bound lazily, it will be bound as the global scope binds the name
+     * (unless the program or a library before libc defines it too) */
+    return q.unbound && q.name && strcmp(q.name, "pthread_mutex_unlock") == 0 &&
+           dlsym(RTLD_DEFAULT, "pthread_mutex_unlock") == unlock;
 }
 
 int us_empty_section(uintptr_t site, const void *mutex, const struct us_callee_saved *saved,
@@ -131,15 +240,14 @@ int us_empty_section(uintptr_t site, const void *mutex, const struct us_callee_s
     const uint8_t *p = (const uint8_t *)site;
     uintptr_t rdi;
     unsigned len = rdi_load(p, saved, &rdi);
+    if (len && __atomic_load_n(&calls_unlock[slot], __ATOMIC_RELAXED) == site)
+        return rdi == (uintptr_t)mutex;
     const uint8_t *direct;
     const void *const *got = len ? call_slot(p + len, &direct) : NULL;
-    if (!got && !(len && direct == unlock)) {
+    if (!(len && direct == unlock) && !(got && slot_is_unlock(got, unlock))) {
         __atomic_store_n(&not_empty[slot], site, __ATOMIC_RELAXED);
         return 0;
     }
-    /* The form matches: whether the callee is unlock (a lazy binding may
-     * not be resolved yet) and the mutex this one are asked every time. */
-    if (rdi != (uintptr_t)mutex)
-        return 0;
-    return direct == unlock || (got && __atomic_load_n(got, __ATOMIC_RELAXED) == unlock);
+    __atomic_store_n(&calls_unlock[slot], site, __ATOMIC_RELAXED);
+    return rdi == (uintptr_t)mutex;
 }

@@ -2,11 +2,13 @@
  * test_empty_section.c - which lock call sites open an empty critical
  * section (src/shim/empty_section.c).
  *
- * The decoder only reads code bytes, so each case is machine code written
+ * The decoder only reads code bytes, so most cases are machine code written
  * into a buffer: the bytes after the lock call, a PLT stub and the GOT slot
  * it jumps through, as a linker lays them out. Each case has a buffer of its
  * own (static): the decoder remembers sites it found not to be empty.
  */
+#include <dlfcn.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -137,7 +139,7 @@ static void test_not_empty(void **state)
     assert_false(empty(&f, mutex, &regs)); /* again, from the cache */
 }
 
-static void test_lazy_binding_resolves_later(void **state)
+static void test_unbound_slot_of_another_name(void **state)
 {
     (void)state;
     struct us_callee_saved regs = {.r13 = (uintptr_t)mutex};
@@ -145,10 +147,60 @@ static void test_lazy_binding_resolves_later(void **state)
     emit(&c, "\x4c\x89\xef", 3); /* mov %r13,%rdi */
     emit_rel32(&c, 0xe8, PLT);
     plt(&c, c.b + PLT + 6, 0); /* unbound: the slot points back into the stub */
-    assert_false(empty(&c, mutex, &regs));
+    assert_false(empty(&c, mutex, &regs)); /* no relocation names it unlock */
     const void *bound = UNLOCK;
-    memcpy(c.b + GOT, &bound, sizeof(bound)); /* the dynamic linker bound it */
-    assert_true(empty(&c, mutex, &regs));
+    memcpy(c.b + GOT, &bound, sizeof(bound));
+    assert_false(empty(&c, mutex, &regs)); /* decided once, from the code */
+}
+
+/*
+ * Real code, as the compiler made it: this test program is linked with lazy
+ * binding, and its own pthread_mutex_lock (below, ahead of libc's) asks the
+ * decoder at the first lock of each function, before that function's
+ * unlock has ever been called, so its GOT slot is not bound yet and only the
+ * relocations name it.
+ */
+static int (*libc_lock)(pthread_mutex_t *);
+static int verdict = -1;
+static pthread_mutex_t real_mutex = PTHREAD_MUTEX_INITIALIZER;
+static long counter;
+
+int pthread_mutex_lock(pthread_mutex_t *m)
+{
+    if (verdict < 0) {
+        uintptr_t v = (uintptr_t)m; /* whichever callee-saved register holds it */
+        struct us_callee_saved all = {v, v, v, v, v, v};
+        verdict = us_empty_section((uintptr_t)__builtin_return_address(0), m, &all,
+                                   dlsym(RTLD_NEXT, "pthread_mutex_unlock"));
+    }
+    return libc_lock(m);
+}
+
+__attribute__((noinline)) static void pass_through(pthread_mutex_t *m)
+{
+    pthread_mutex_lock(m);
+    pthread_mutex_unlock(m);
+}
+
+__attribute__((noinline)) static void count(pthread_mutex_t *m)
+{
+    pthread_mutex_lock(m);
+    counter++;
+    pthread_mutex_unlock(m);
+}
+
+static void test_compiled_code(void **state)
+{
+    (void)state;
+    libc_lock = (int (*)(pthread_mutex_t *))dlsym(RTLD_NEXT, "pthread_mutex_lock");
+    assert_non_null(libc_lock);
+    verdict = -1;
+    pass_through(&real_mutex);
+    assert_int_equal(verdict, 1);
+    verdict = -1;
+    count(&real_mutex);
+    assert_int_equal(verdict, 0);
+    assert_int_equal(counter, 1);
 }
 
 static void test_call_and_jump_forms(void **state)
@@ -184,7 +236,8 @@ int main(void)
         cmocka_unit_test(test_mov_from_callee_saved),
         cmocka_unit_test(test_lea_forms),
         cmocka_unit_test(test_not_empty),
-        cmocka_unit_test(test_lazy_binding_resolves_later),
+        cmocka_unit_test(test_unbound_slot_of_another_name),
+        cmocka_unit_test(test_compiled_code),
         cmocka_unit_test(test_call_and_jump_forms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
