@@ -116,19 +116,43 @@ static const void *const *plt_slot(const uint8_t *p)
     return (const void *const *)(p + 6 + rel32(p + 2));
 }
 
+/* The length of a load `mov disp8(%rbp|%rsp),%reg` at p into a register
+ * other than %rdi and %rsp (a callee-saved register restored from the
+ * thread's own frame), or 0. */
+static unsigned frame_load(const uint8_t *p)
+{
+    if ((p[0] != 0x48 && p[0] != 0x4c) || p[1] != 0x8b || (p[2] >> 6) != 1)
+        return 0;
+    unsigned reg = (p[2] >> 3) & 7;
+    if (p[0] == 0x48 && (reg == 7 || reg == 4))
+        return 0;
+    if ((p[2] & 7) == 5)
+        return 4; /* disp8(%rbp) */
+    if ((p[2] & 7) == 4 && p[3] == 0x24)
+        return 5; /* disp8(%rsp) */
+    return 0;
+}
+
 /* The length of a function's epilogue at p that leaves %rdi and shared
- * memory alone, up to a tail jump: pops of registers other than %rdi (they
- * read the thread's own stack) and `add $imm8,%rsp`. */
+ * memory alone, up to a tail jump: pops of registers other than %rdi, loads
+ * of saved registers from the frame (both read the thread's own stack),
+ * `leave` and `add $imm8,%rsp`. Frame-pointer builds end as
+ * `mov -8(%rbp),%rbx; leave; jmp unlock`. */
 static unsigned epilogue(const uint8_t *p)
 {
     unsigned n = 0;
     for (int k = 0; k < 8; k++) {
-        if (p[n] >= 0x58 && p[n] < 0x5f && p[n] != 0x5c)
+        unsigned load = frame_load(p + n);
+        if (load)
+            n += load;
+        else if (p[n] >= 0x58 && p[n] < 0x5f && p[n] != 0x5c)
             n += 1; /* pop of a register but %rsp and %rdi */
         else if (p[n] == 0x41 && p[n + 1] >= 0x58 && p[n + 1] <= 0x5f)
             n += 2; /* pop %r8..%r15 */
         else if (p[n] == 0x48 && p[n + 1] == 0x83 && p[n + 2] == 0xc4)
             n += 4; /* add $imm8,%rsp */
+        else if (p[n] == 0xc9)
+            n += 1; /* leave */
         else
             break;
     }

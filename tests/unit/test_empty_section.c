@@ -230,6 +230,41 @@ static void test_call_and_jump_forms(void **state)
     assert_true(empty(&e, mutex, &regs));
 }
 
+/* Tail calls after an epilogue: only restores from the thread's own frame
+ * that leave %rdi as it is may come between the lock and the jump. */
+static void test_epilogues(void **state)
+{
+    (void)state;
+    struct us_callee_saved regs = {.rbx = (uintptr_t)mutex};
+
+    static struct code c; /* -O2: add $8,%rsp; pop %rbx; pop %rbp; pop %r12 */
+    emit(&c, "\x48\x89\xdf", 3); /* mov %rbx,%rdi */
+    emit(&c, "\x48\x83\xc4\x08\x5b\x5d\x41\x5c", 8);
+    emit_rel32(&c, 0xe9, PLT);
+    plt(&c, UNLOCK, 0);
+    assert_true(empty(&c, mutex, &regs));
+
+    static struct code d; /* frame pointers (-fno-omit-frame-pointer) */
+    emit(&d, "\x48\x89\xdf", 3);
+    emit(&d, "\x48\x8b\x5d\xf8\x4c\x8b\x64\x24\x10\xc9", 10); /* mov -8(%rbp),%rbx; mov 16(%rsp),%r12; leave */
+    emit_rel32(&d, 0xe9, PLT);
+    plt(&d, UNLOCK, 0);
+    assert_true(empty(&d, mutex, &regs));
+
+    static struct code e; /* mov -8(%rbp),%rdi: the unlock's argument is another */
+    emit(&e, "\x48\x89\xdf", 3);
+    emit(&e, "\x48\x8b\x7d\xf8\xc9", 5);
+    emit_rel32(&e, 0xe9, PLT);
+    plt(&e, UNLOCK, 0);
+    assert_false(empty(&e, mutex, &regs));
+
+    static struct code f; /* pop %rdi */
+    emit(&f, "\x48\x89\xdf\x5f", 4);
+    emit_rel32(&f, 0xe9, PLT);
+    plt(&f, UNLOCK, 0);
+    assert_false(empty(&f, mutex, &regs));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -239,6 +274,7 @@ int main(void)
         cmocka_unit_test(test_unbound_slot_of_another_name),
         cmocka_unit_test(test_compiled_code),
         cmocka_unit_test(test_call_and_jump_forms),
+        cmocka_unit_test(test_epilogues),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
