@@ -171,6 +171,9 @@ struct us_ring_consumer {
                                              ring empty and began to nap; 0
                                              while it has events (the
                                              supervisor's spin detection) */
+    int32_t tid;                          /* kernel tid of the backup's thread
+                                             replaying the ring (time
+                                             slicing, supervisor/slicer.c) */
 };
 
 /* Control block of one ring. */

@@ -16,7 +16,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: understudy run [--replicas N] [--cpus LIST] [--hang-timeout MS]\n"
             "                      [--max-lag EVENTS] [--max-lag-ms MS] [--backup-nice N]\n"
-            "                      [--control PATH] [--quiet]\n"
+            "                      [--slice-us US] [--control PATH] [--quiet]\n"
             "                      -- PROGRAM [ARGS...]\n"
             "       understudy status [--json] [--control PATH]\n"
             "       understudy failover [--control PATH]\n"
@@ -25,6 +25,11 @@ static void usage(FILE *f)
             "\n"
             "Runs PROGRAM as a primary and backup replicas that replay its log, and keeps it\n"
             "serving its clients when the primary fails. See docs/cli.md.\n");
+}
+
+static int is_help(const char *a)
+{
+    return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
 }
 
 static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
@@ -133,6 +138,7 @@ static int cmd_run(int argc, char **argv)
     o.max_lag_ms = 50;
     o.ring_size = 16u << 20;
     o.backup_nice = 0;
+    o.slice_us = 50;
     const char *cpus = NULL;
     int i;
     for (i = 0; i < argc; i++) {
@@ -161,6 +167,10 @@ static int cmd_run(int argc, char **argv)
             if (parse_long(a, argv[++i], 0, 19, &v) < 0)
                 return 2;
             o.backup_nice = (int)v;
+        } else if (strcmp(a, "--slice-us") == 0) {
+            if (parse_long(a, argv[++i], 0, 100000, &v) < 0)
+                return 2;
+            o.slice_us = (int)v;
         } else if (strcmp(a, "--cpus") == 0) {
             if (!(cpus = argv[++i])) {
                 fprintf(stderr, "understudy: --cpus needs a list such as 0/1\n");
@@ -173,6 +183,9 @@ static int cmd_run(int argc, char **argv)
             }
         } else if (strcmp(a, "--quiet") == 0) {
             o.quiet = 1;
+        } else if (is_help(a)) {
+            usage(stdout);
+            return 0;
         } else if (a[0] != '-') {
             break; /* the program, without "--" */
         } else {
@@ -230,6 +243,10 @@ static int cmd_client(const char *cmd, int argc, char **argv)
     char def[108], req[128];
     int inject = strcmp(cmd, "inject") == 0;
     for (int i = 0; i < argc; i++) {
+        if (is_help(argv[i])) {
+            usage(stdout);
+            return 0;
+        }
         if (strcmp(argv[i], "--json") == 0 && strcmp(cmd, "status") == 0)
             json = 1;
         else if (strcmp(argv[i], "--control") == 0 && i + 1 < argc)
@@ -274,15 +291,15 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
     if (strcmp(argv[1], "run") == 0)
         return cmd_run(argc - 2, argv + 2);
     if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "failover") == 0 ||
         strcmp(argv[1], "inject") == 0)
         return cmd_client(argv[1], argc - 2, argv + 2);
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
-        usage(stdout);
-        return 0;
-    }
     fprintf(stderr, "understudy: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

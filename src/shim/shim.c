@@ -84,6 +84,12 @@ void us_thread_attach(struct us_thread *t)
 {
     us_self = t;
     t->tid = (int)US_SYSCALL0(SYS_gettid);
+    /* who runs the ring: the supervisor's spin detection and time slicing */
+    struct us_ring_ctl *c = &us_log_.hdr->ring[t->ring];
+    if (t->mode == US_MODE_RECORD)
+        c->producer_tid = t->tid;
+    else
+        __atomic_store_n(&c->consumer[us_slot].tid, t->tid, __ATOMIC_RELEASE);
 }
 
 __attribute__((constructor(101))) static void us_init(void)
@@ -137,7 +143,6 @@ __attribute__((constructor(101))) static void us_init(void)
 
     if (primary) {
         __atomic_store_n(&us_log_.hdr->ring[0].in_use, US_RING_LIVE, __ATOMIC_RELEASE);
-        us_log_.hdr->ring[0].producer_tid = (int32_t)US_SYSCALL0(SYS_gettid);
         us_log_.hdr->program_pid = (int32_t)US_SYSCALL0(SYS_getpid);
         for (int fd = 0; fd < 3; fd++)
             if (us_fds[fd].kind == US_FD_FILE)

@@ -31,10 +31,7 @@
 static long thread_entry(void *p)
 {
     struct us_thread *c = p;
-    us_self = c;
-    c->tid = (int)US_SYSCALL0(SYS_gettid);
-    if (c->mode == US_MODE_RECORD)
-        us_log_.hdr->ring[c->ring].producer_tid = c->tid;
+    us_thread_attach(c);
     us_sud_arm(c);
     return c->start_fn(c->start_arg);
 }

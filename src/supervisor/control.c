@@ -125,11 +125,12 @@ static size_t status_json(struct us_supervisor *s, char *out, size_t cap)
             continue;
         n += (size_t)snprintf(out + n, cap - n,
                               "%s{\"slot\":%d,\"pid\":%d,\"state\":\"%s\",\"lag_events\":%lu,"
-                              "\"lag_ms\":%lu}",
+                              "\"lag_ms\":%lu,\"sliced\":%s}",
                               first ? "" : ",", i, (int)s->rep[i].pid,
                               state_name(h->replica[i].state),
                               (unsigned long)us_backup_lag(s, i),
-                              (unsigned long)us_backup_lag_ms(s, i));
+                              (unsigned long)us_backup_lag_ms(s, i),
+                              s->rep[i].slicer.on ? "true" : "false");
         first = 0;
     }
     if (n < cap)
@@ -147,10 +148,11 @@ static size_t status_text(struct us_supervisor *s, char *out, size_t cap)
     for (int i = 0; i < s->opt.replicas && n < cap; i++) {
         if (i == s->primary || !s->rep[i].alive)
             continue;
-        n += (size_t)snprintf(out + n, cap - n, "%spid %d (slot %d, %s, %lu events / %lu ms behind)",
+        n += (size_t)snprintf(out + n, cap - n, "%spid %d (slot %d, %s, %lu events / %lu ms behind%s)",
                               nb ? ", " : "", (int)s->rep[i].pid, i,
                               state_name(h->replica[i].state), (unsigned long)us_backup_lag(s, i),
-                              (unsigned long)us_backup_lag_ms(s, i));
+                              (unsigned long)us_backup_lag_ms(s, i),
+                              s->rep[i].slicer.on ? ", time-sliced" : "");
         nb++;
     }
     if (n < cap)

@@ -1002,6 +1002,7 @@ int us_run(struct us_run_options *opt)
             us_control_serve(s);
         check_hang(s);
         check_divergences(s);
+        us_slicer_check(s, us_now_ms());
     }
     /* A program that ended by itself: its backups replay to the same end,
      * for as long as they make progress; say so if one ended differently. */
@@ -1016,6 +1017,7 @@ int us_run(struct us_run_options *opt)
         /* status still answers while backups finish */
         if (poll(&(struct pollfd){s->listen_fd, POLLIN, 0}, 1, 1) == 1)
             us_control_serve(s);
+        us_slicer_check(s, us_now_ms());
         uint64_t now = backups_replayed(s);
         if (now != replayed) {
             replayed = now;
@@ -1029,6 +1031,7 @@ int us_run(struct us_run_options *opt)
                               "(%lu events behind, no progress for 3 s); stopped",
                            (int)s->rep[i].pid, (unsigned long)us_backup_lag(s, i));
     s->log.hdr->shutdown = 1;
+    us_slicer_stop(s);
     stop_all(s);
     reap(s);
     us_control_close(s);

@@ -5,6 +5,7 @@
 #ifndef US_SUPERVISOR_H
 #define US_SUPERVISOR_H
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -20,6 +21,7 @@ struct us_run_options {
     uint64_t max_lag_ms;  /* 0: no time bound */
     uint64_t ring_size;
     int backup_nice;           /* backups run this much nicer than the primary */
+    int slice_us;              /* slicer.c's period; 0: no slicing */
     const char *control_path;
     int quiet;
     char **argv;               /* the program and its arguments */
@@ -29,6 +31,23 @@ struct us_run_options {
 struct us_cpu_use {
     uint64_t run_ns;           /* on a CPU */
     int runnable;              /* threads runnable now */
+};
+
+/* A backup's ticker (slicer.c): on while its threads compete for its CPUs
+ * as busy-waiting threads do. */
+struct us_slicer {
+    pthread_t thread;
+    int started;
+    uint32_t on;               /* futex word: the ticker ticks while 1 */
+    uint32_t quit;
+    cpu_set_t cpus;            /* the backup's, the ticker's */
+    long slice_us;             /* the ticker's period while on */
+    long checked_ms;           /* when the figures below were read */
+    long contended_ms;         /* the last window with competing threads */
+    struct us_thread_sched {   /* by ring: its replaying thread then */
+        int tid;
+        uint64_t run_ns, wait_ns, slices;
+    } prev[US_MAX_THREADS];
 };
 
 struct us_proc {
@@ -43,6 +62,7 @@ struct us_proc {
     uint64_t replayed;         /* backup: events replayed, at replayed_at_ms */
     long replayed_at_ms;
     struct us_cpu_use cpu_at;  /* its CPU use then (stuck or starved?) */
+    struct us_slicer slicer;
 };
 
 /* Primary thread (by ring) whose backup twin waits for its next event: its
@@ -85,6 +105,10 @@ size_t us_control_handle(struct us_supervisor *s, const char *req, char *out, si
 void us_control_close(struct us_supervisor *s);
 int us_control_request(const char *path, const char *request, char *reply, size_t cap);
 int us_default_control_path(char *buf, size_t cap);
+
+/* slicer.c: called from the main loop; stop joins the tickers. */
+void us_slicer_check(struct us_supervisor *s, long now_ms);
+void us_slicer_stop(struct us_supervisor *s);
 
 /* inject.c */
 size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t cap);
