@@ -130,7 +130,7 @@ static size_t status_json(struct us_supervisor *s, char *out, size_t cap)
                               state_name(h->replica[i].state),
                               (unsigned long)us_backup_lag(s, i),
                               (unsigned long)us_backup_lag_ms(s, i),
-                              s->rep[i].slicer.on ? "true" : "false");
+                              us_slicer_on(s, i) ? "true" : "false");
         first = 0;
     }
     if (n < cap)
@@ -152,7 +152,7 @@ static size_t status_text(struct us_supervisor *s, char *out, size_t cap)
                               nb ? ", " : "", (int)s->rep[i].pid, i,
                               state_name(h->replica[i].state), (unsigned long)us_backup_lag(s, i),
                               (unsigned long)us_backup_lag_ms(s, i),
-                              s->rep[i].slicer.on ? ", time-sliced" : "");
+                              us_slicer_on(s, i) ? ", time-sliced" : "");
         nb++;
     }
     if (n < cap)

@@ -421,6 +421,7 @@ int us_failover(struct us_supervisor *s, const char *why, int death_signal)
     long t0 = us_now_ms();
     int old = s->primary;
     struct us_proc *op = &s->rep[old];
+    us_slicer_stop(s); /* before the old primary is reaped: see us_run */
     __atomic_store_n(&s->log.hdr->replica[old].state, US_REPLICA_DEAD, __ATOMIC_RELEASE);
     complete_pending(s);
     for (;;) {
@@ -995,6 +996,13 @@ int us_run(struct us_run_options *opt)
             if (s->rep[s->primary].alive)
                 kill(s->rep[s->primary].pid, (int)si.ssi_signo);
         }
+        /* A replica died: no time slicing while it is reaped and replaced
+         * (with a ticker running, this kernel's reap of a dead primary was
+         * seen to spin in d_invalidate of its /proc entries for tens of
+         * seconds). */
+        for (int i = 2; i < n; i++)
+            if (pfd[i].revents)
+                us_slicer_stop(s);
         reap(s);
         if (s->done)
             break;

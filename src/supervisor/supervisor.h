@@ -5,7 +5,6 @@
 #ifndef US_SUPERVISOR_H
 #define US_SUPERVISOR_H
 
-#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -33,13 +32,11 @@ struct us_cpu_use {
     int runnable;              /* threads runnable now */
 };
 
-/* A backup's ticker (slicer.c): on while its threads compete for its CPUs
- * as busy-waiting threads do. */
+/* A backup's time slicing (slicer.c): its ticker is on while the backup's
+ * threads compete for its CPUs as busy-waiting threads do. */
 struct us_slicer {
-    pthread_t thread;
-    int started;
-    uint32_t on;               /* futex word: the ticker ticks while 1 */
-    uint32_t quit;
+    pid_t ticker;              /* its process, once started */
+    uint32_t *on;              /* shared futex word: it ticks while 1 */
     cpu_set_t cpus;            /* the backup's, the ticker's */
     long slice_us;             /* the ticker's period while on */
     long checked_ms;           /* when the figures below were read */
@@ -106,9 +103,10 @@ void us_control_close(struct us_supervisor *s);
 int us_control_request(const char *path, const char *request, char *reply, size_t cap);
 int us_default_control_path(char *buf, size_t cap);
 
-/* slicer.c: called from the main loop; stop joins the tickers. */
+/* slicer.c: check is called from the main loop; stop ends the tickers. */
 void us_slicer_check(struct us_supervisor *s, long now_ms);
 void us_slicer_stop(struct us_supervisor *s);
+int us_slicer_on(const struct us_supervisor *s, int slot); /* slicing it now */
 
 /* inject.c */
 size_t us_inject(struct us_supervisor *s, const char *args, char *out, size_t cap);
