@@ -28,7 +28,6 @@
  * sanitizer runs of redis_iothreads_failover; none of 18 with the ticker
  * stopped first). Why is not understood.
  */
-#include <fcntl.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,18 +51,18 @@
 /* The ticker: a process of its own (the supervisor stays single-threaded,
  * so its forks stay simple), on the backup's CPUs, sleeping on the shared
  * word `on` while it is 0. Only system calls: it runs in a fork. */
-static void ticker(const struct us_slicer *sl)
+static void ticker(uint32_t *on, const cpu_set_t *cpus, long slice_us)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     prctl(PR_SET_NAME, "understudy-tick");
     syscall(SYS_close_range, 3, ~0u, 0);
-    sched_setaffinity(0, sizeof(sl->cpus), &sl->cpus);
-    const struct timespec slice = {sl->slice_us / 1000000, sl->slice_us % 1000000 * 1000L};
+    sched_setaffinity(0, sizeof(*cpus), cpus);
+    const struct timespec slice = {slice_us / 1000000, slice_us % 1000000 * 1000L};
     for (;;) {
-        if (__atomic_load_n(sl->on, __ATOMIC_ACQUIRE))
+        if (__atomic_load_n(on, __ATOMIC_ACQUIRE))
             nanosleep(&slice, NULL);
         else
-            syscall(SYS_futex, sl->on, FUTEX_WAIT, 0, NULL, NULL, 0);
+            syscall(SYS_futex, on, FUTEX_WAIT, 0, NULL, NULL, 0);
     }
 }
 
@@ -78,13 +77,11 @@ static int start_ticker(struct us_supervisor *s, int b)
     }
     struct us_slicer *sl = &s->rep[b].slicer;
     sl->on = &words[b];
-    sl->cpus = s->opt.cpus[b];
-    sl->slice_us = s->opt.slice_us;
     pid_t pid = fork();
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        ticker(sl);
+        ticker(sl->on, &s->opt.cpus[b], s->opt.slice_us);
         _exit(0);
     }
     sl->ticker = pid;
@@ -110,16 +107,8 @@ static int thread_sched(pid_t pid, int tid, struct us_thread_sched *ts)
 {
     char path[96], buf[96];
     snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)pid, tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     unsigned long long r, w, k;
-    if (sscanf(buf, "%llu %llu %llu", &r, &w, &k) != 3)
+    if (!us_read_proc(path, buf, sizeof(buf)) || sscanf(buf, "%llu %llu %llu", &r, &w, &k) != 3)
         return -1;
     ts->tid = tid;
     ts->run_ns = r;
@@ -191,8 +180,8 @@ void us_slicer_check(struct us_supervisor *s, long now)
                     continue;
                 us_say_sup(s, "backup pid %d: %d of its threads compete for its CPUs as "
                               "busy-waiting threads do (each holds a CPU until preempted); "
-                              "slicing them every %ld us while that lasts",
-                           (int)s->rep[b].pid, spinning, sl->slice_us);
+                              "slicing them every %d us while that lasts",
+                           (int)s->rep[b].pid, spinning, s->opt.slice_us);
             }
             set_on(sl, 1);
         } else if (is_on(sl) && now - sl->contended_ms > SLICER_LINGER_MS) {

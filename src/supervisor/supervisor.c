@@ -653,8 +653,7 @@ static void check_divergences(struct us_supervisor *s)
     }
 }
 
-/* A small /proc file, as a string in buf; NULL if it cannot be read. */
-static char *read_proc(const char *path, char *buf, size_t cap)
+char *us_read_proc(const char *path, char *buf, size_t cap)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -671,7 +670,7 @@ static char *read_proc(const char *path, char *buf, size_t cap)
  * if it cannot be read (the process or thread is gone). */
 static const char *stat_fields(const char *path, char *buf, size_t cap)
 {
-    if (!read_proc(path, buf, cap))
+    if (!us_read_proc(path, buf, cap))
         return NULL;
     char *rp = strrchr(buf, ')');
     return rp && rp[1] == ' ' ? rp + 2 : NULL;
@@ -707,7 +706,7 @@ static struct us_cpu_use cpu_use(pid_t pid)
         u.runnable += st && st[0] == 'R';
         snprintf(f, sizeof(f), "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
         unsigned long long run; /* ns on a CPU, first of the three fields */
-        if (read_proc(f, buf, sizeof(buf)) && sscanf(buf, "%llu", &run) == 1)
+        if (us_read_proc(f, buf, sizeof(buf)) && sscanf(buf, "%llu", &run) == 1)
             u.run_ns += run;
     }
     closedir(d);

@@ -37,8 +37,6 @@ struct us_cpu_use {
 struct us_slicer {
     pid_t ticker;              /* its process, once started */
     uint32_t *on;              /* shared futex word: it ticks while 1 */
-    cpu_set_t cpus;            /* the backup's, the ticker's */
-    long slice_us;             /* the ticker's period while on */
     long checked_ms;           /* when the figures below were read */
     long contended_ms;         /* the last window with competing threads */
     struct us_thread_sched {   /* by ring: its replaying thread then */
@@ -122,5 +120,7 @@ long us_now_ms(void);
 uint64_t us_backup_lag(struct us_supervisor *s, int slot);
 /* How far behind in time (ms) a backup is. */
 uint64_t us_backup_lag_ms(struct us_supervisor *s, int slot);
+/* A small /proc file, as a string in buf; NULL if it cannot be read. */
+char *us_read_proc(const char *path, char *buf, size_t cap);
 
 #endif
